@@ -1,0 +1,38 @@
+"""hubedit: learned editing of MLP classifiers for requirement compliance, with the Hugging Face Hub as home."""
+
+from .errors import (
+    ConfigError,
+    CorruptFileError,
+    FeatureMismatchError,
+    HubeditError,
+    NonFiniteWeightsError,
+    UnknownTaskError,
+    UnsupportedArchitectureError,
+)
+from .mlp import MLP, MLPConfig
+from .tasks import Task, load_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "MLPConfig",
+    "Task",
+    "load_task",
+    "HubeditError",
+    "ConfigError",
+    "CorruptFileError",
+    "FeatureMismatchError",
+    "NonFiniteWeightsError",
+    "UnknownTaskError",
+    "UnsupportedArchitectureError",
+    "__version__",
+]
+
+
+def __getattr__(name):  # lazy: keep `import hubedit` light (no datasets / hub imports until needed)
+    if name in ("Zoo", "ZooEntry"):
+        from . import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'hubedit' has no attribute {name!r}")
