@@ -11,3 +11,48 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)  # tests talk to the local Hub server below, never to huggingface.co
+
+# --- local Hub server -------------------------------------------------------------------------------------
+# HF_ENDPOINT is read when huggingface_hub (and datasets) are imported, so the port is chosen now, at import
+# time: bind port 0, read the port, release it; the session fixture `hub_server` then serves on that port.
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+HUB_PORT = _free_port()
+HUB_ENDPOINT = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_ENDPOINT"] = HUB_ENDPOINT
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """A `hubedit.testing.HubServer` on HF_ENDPOINT (port chosen at conftest import), storage in a temp folder."""
+    from hubedit.testing import HubServer
+
+    server = HubServer(tmp_path_factory.mktemp("hub-server"), port=HUB_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hf_api(hub_server):
+    """`huggingface_hub.HfApi` pointed at the local Hub server, with a dummy token."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub_server.url, token="test-token")
+
+
+@pytest.fixture
+def hub_repo_id(request):
+    """A fresh, not yet created repo id (`hubedit-test/<test name>-<random>`)."""
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
+    return f"hubedit-test/{name}-{uuid.uuid4().hex[:8]}"
