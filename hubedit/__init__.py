@@ -31,8 +31,16 @@ __all__ = [
 
 
 def __getattr__(name):  # lazy: keep `import hubedit` light (no datasets / hub imports until needed)
-    if name in ("Zoo", "ZooEntry"):
+    if name in ("Zoo", "ZooSplit"):
         from . import zoo
 
         return getattr(zoo, name)
+    if name in ("Editor", "EditedMLP", "EditorPipeline"):
+        from . import editor
+
+        return getattr(editor, name)
+    if name == "train_editor":
+        from .train import train_editor
+
+        return train_editor
     raise AttributeError(f"module 'hubedit' has no attribute {name!r}")

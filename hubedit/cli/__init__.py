@@ -7,9 +7,10 @@ import sys
 
 from .. import __version__
 from ..errors import HubeditError
+from . import editing as editing_commands
 from . import zoo as zoo_commands
 
-COMMAND_GROUPS = [zoo_commands]
+COMMAND_GROUPS = [zoo_commands, editing_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,7 +97,9 @@ class Checkpoint:
 
     def to_module(self) -> MLP:
         """The checkpoint as an :class:`MLP` in eval mode."""
-        return MLP.from_bytes(self.weights, source=f"zoo checkpoint {self.model_id}")
+        model = MLP.from_bytes(self.weights, source=f"zoo checkpoint {self.model_id}")
+        model.source = {"model_id": self.model_id, "task": self.task}
+        return model
 
     def row(self) -> dict:
         """The checkpoint as one row of the zoo's parquet shards (see :mod:`hubedit.zoo.dataset`)."""

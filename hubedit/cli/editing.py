@@ -1,0 +1,98 @@
+"""``hubedit train`` and ``hubedit edit``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _lam_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0.01,10), got {text!r}") from exc
+    return lo, hi
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..requirements import REGISTRY
+
+    t = sub.add_parser(
+        "train",
+        help="train an editor for a requirement on a zoo (accelerate; resumable)",
+        description="Train a graph-metanetwork editor. Runs unchanged under `accelerate launch --num_processes N`.",
+    )
+    t.add_argument("--zoo", required=True, help="zoo folder or Hub dataset repo id")
+    t.add_argument("--zoo-revision", default=None, help="branch, tag or commit of a Hub zoo")
+    t.add_argument("--requirement", required=True, choices=sorted(REGISTRY))
+    t.add_argument("--variant", default=None,
+                   help="; ".join(f"{n}: {', '.join(c.variants)}" for n, c in sorted(REGISTRY.items())))
+    g = t.add_mutually_exclusive_group(required=True)
+    g.add_argument("--lambda", dest="lam", type=float, help="trade-off weight of the requirement term")
+    g.add_argument("--lambda-range", dest="lam_range", type=_lam_range, metavar="LOW,HIGH",
+                   help="train one lambda-conditioned editor over this range (lambda chosen at edit time)")
+    t.add_argument("--out", required=True, help="output folder (save_pretrained layout + checkpoint/)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--models-per-step", type=int, default=32)
+    t.add_argument("--points-per-step", type=int, default=512)
+    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--zoo-fraction", type=float, default=1.0, help="train on this fraction of the zoo's train split")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--push", metavar="REPO_ID", default=None, help="publish the trained editor")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("edit", help="edit a model with a trained editor (local folder or Hub repo id)")
+    e.add_argument("--editor", required=True, action="append",
+                   help="editor folder or repo id; repeat to compose (e.g. data minimisation, then pruning)")
+    e.add_argument("--revision", default=None, help="editor revision (branch, tag or commit)")
+    e.add_argument("--model", required=True, help="model .safetensors file (hubedit MLP format)")
+    e.add_argument("--lambda", dest="lam", type=float, action="append", default=None,
+                   help="lambda for lambda-conditioned editors (repeat per editor when composing)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.set_defaults(func=_edit)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train import train_editor
+    from ..zoo import Zoo
+
+    zoo = Zoo.open(args.zoo, revision=args.zoo_revision)
+    editor = train_editor(
+        zoo, args.requirement, variant=args.variant, lam=args.lam, lam_range=args.lam_range, out=args.out,
+        resume=args.resume, progress=not args.no_progress, steps=args.steps, models_per_step=args.models_per_step,
+        points_per_step=args.points_per_step, hidden=args.hidden, layers=args.layers, lr=args.lr,
+        temperature=args.temperature, eval_every=args.eval_every, zoo_fraction=args.zoo_fraction, seed=args.seed,
+    )
+    print(f"{editor!r} saved to {args.out}")
+    for p in editor.settings["validation_front"]:
+        print(f"  validation: lambda={p['lam']:.4g} metric={p['metric']:.4f} jsd={p['jsd']:.5f}")
+    if args.push:
+        editor.push_to_hub(args.push)
+        print(f"published {args.push}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..editor import Editor
+    from ..mlp import MLP
+
+    editors = [Editor.from_pretrained(e, revision=args.revision) for e in args.editor]
+    model = MLP.load(args.model)
+    out = Path(args.out)
+    if len(editors) == 1:
+        lam = args.lam[0] if args.lam else None
+        edited = editors[0].edit(model, lam=lam)
+    else:
+        edited = editors[0].then(*editors[1:]).edit(model, lams=args.lam)
+    path = edited.save(out / "model.safetensors")
+    print(f"edited model written to {path}")
+    print(json.dumps(edited.record, indent=2, default=str))
+    return 0

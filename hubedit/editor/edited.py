@@ -1,0 +1,75 @@
+"""``EditedMLP``: an MLP produced by an editor, carrying its masks and an edit record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from ..mlp import MLP
+
+RECORD_KEY = "hubedit_edit_record"
+
+
+class EditedMLP(MLP):
+    """An :class:`MLP` whose weights already satisfy the edit (pruned weights and the weights of dropped
+    features are exact zeros). ``record`` says who edited it, how, and what changed."""
+
+    record: dict[str, Any]
+
+    @classmethod
+    def wrap(cls, model: MLP, record: dict[str, Any]) -> "EditedMLP":
+        edited = cls(model.config)
+        edited.load_state_dict(model.state_dict())
+        edited.record = record
+        return edited.eval()
+
+    @property
+    def kept_features(self) -> list[int] | None:
+        return self.record.get("kept_features")
+
+    @property
+    def requirement(self) -> str:
+        return self.record["requirement"]
+
+    def weight_sparsity(self) -> float:
+        """Fraction of weights (linear and skip matrices) that are exactly zero."""
+        zeros = sum(int((m.weight == 0).sum()) for m in [*self.layers, *self.skips.values()])
+        return zeros / self.n_weights
+
+    def to_bytes(self, metadata: dict[str, str] | None = None) -> bytes:
+        meta = dict(metadata or {})
+        meta[RECORD_KEY] = json.dumps(self.record, sort_keys=True)
+        return super().to_bytes(meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, source: str = "<bytes>") -> "EditedMLP":
+        model = MLP.from_bytes(blob, source=source)
+        record = json.loads(model.metadata.pop(RECORD_KEY, "{}"))
+        edited = cls.wrap(model, record)
+        edited.metadata = model.metadata
+        return edited
+
+    @torch.no_grad()
+    def evaluate(self, task, split: str = "test", reference: MLP | None = None) -> dict[str, Any]:
+        """Accuracy, JSD to ``reference`` (the original model), and the compliance metrics on a split."""
+        from ..evaluation.metrics import equalized_odds_difference, group_rates, jsd
+
+        X, y, s = task.split(split)
+        probs = self.predict_proba(X)
+        pred = probs.argmax(-1)
+        report: dict[str, Any] = {
+            "split": split,
+            "accuracy": float((pred == y).double().mean()),
+            "eod": float(equalized_odds_difference(pred.double(), y, s)),
+            "group_rates": group_rates(pred.double(), y, s),
+            "weights_kept": 1.0 - self.weight_sparsity(),
+            "kept_features": self.kept_features if self.kept_features is not None else list(range(self.config.in_features)),
+        }
+        if reference is not None:
+            ref = reference.predict_proba(X)
+            report["reference_accuracy"] = float((ref.argmax(-1) == y).double().mean())
+            report["jsd"] = float(jsd(ref.double(), probs.double()).mean())
+            report["reference_eod"] = float(equalized_odds_difference(ref.argmax(-1).double(), y, s))
+        return report

@@ -1,0 +1,267 @@
+"""Editor training on ``accelerate``: ``loss = JSD(f_theta, f_theta') + lambda * R(theta')`` (paper eq. 14).
+
+Each step draws zoo models (one global draw, split across processes) and data points from the task's
+*editing* split, edits the models with soft (straight-through) masks, and back-propagates through the
+edited models' outputs. Every ``eval_every`` steps the editor is scored with hard edits on the zoo's
+validation split and the task's *evaluation* split; the best state (by the same objective) is kept.
+Runs unchanged under ``accelerate launch --num_processes N`` (data parallel over zoo models).
+
+Checkpoints are safetensors (editor and optimizer tensors) plus JSON (step, best score): resuming never
+unpickles anything, and the per-step sampling is a function of (seed, step), so a resumed run continues
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch_geometric.data import Batch
+
+from ..editor.core import evaluate_edits, run_edit, score
+from ..editor.editor import Editor
+from ..errors import ConfigError
+from ..graph import mlp_to_graph
+from .sampling import sample_lambdas, sample_models, sample_points
+
+
+@dataclass
+class EditorTrainingConfig:
+    """Hyper-parameters of editor training (DESIGN.md reference values)."""
+
+    requirement: str
+    variant: str | None = None
+    lam: float | None = None
+    lam_range: tuple[float, float] | None = None
+    steps: int = 1000
+    models_per_step: int = 32
+    points_per_step: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    grad_clip: float = 10.0
+    hidden: int = 64
+    layers: int = 4
+    temperature: float = 1.0
+    eval_every: int = 100
+    eval_lambdas: tuple[float, ...] = ()  # lambda grid of validation for conditioned editors
+    zoo_fraction: float = 1.0  # sample-efficiency studies: train on a fraction of the zoo's train split
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if (self.lam is None) == (self.lam_range is None):
+            raise ConfigError("give exactly one of lam or lam_range")
+        if not 0 < self.zoo_fraction <= 1:
+            raise ConfigError(f"zoo_fraction must be in (0, 1], got {self.zoo_fraction}")
+        if self.steps < 1 or self.models_per_step < 1 or self.points_per_step < 1:
+            raise ConfigError("steps, models_per_step and points_per_step must be positive")
+
+
+def _graphs(split) -> list:
+    return [mlp_to_graph(ckpt.to_module()) for ckpt in split]
+
+
+def _default_eval_lambdas(lam_range) -> tuple[float, ...]:
+    lo, hi = math.log(lam_range[0]), math.log(lam_range[1])
+    return tuple(float(math.exp(lo + (hi - lo) * k / 4)) for k in range(5))
+
+
+def _objective(metric: torch.Tensor, jsd: torch.Tensor, lam: float, scale: float) -> float:
+    return float(jsd.mean() + lam * (metric / scale).mean())
+
+
+def _save_checkpoint(folder: Path, editor: Editor, optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "editor.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in editor.state_dict().items()}, str(tmp))
+    os.replace(tmp, folder / "editor.safetensors")
+    opt_state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in opt_state["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{pid}.{key}"] = val.contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    save_file(tensors, str(folder / "optimizer.safetensors.tmp"))
+    os.replace(folder / "optimizer.safetensors.tmp", folder / "optimizer.safetensors")
+    meta = dict(state, optimizer_scalars=scalars, param_groups=opt_state["param_groups"])
+    (folder / "state.json.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+
+
+def _load_checkpoint(folder: Path, editor: Editor, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    from ..editor.editor import _load_strict
+
+    _load_strict(editor, folder / "editor.safetensors")
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = t
+    for name, v in meta.pop("optimizer_scalars").items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+def train_editor(
+    zoo,
+    requirement: str,
+    *,
+    variant: str | None = None,
+    lam: float | None = None,
+    lam_range: tuple[float, float] | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    accelerator=None,
+    progress: bool = True,
+    log: list | None = None,
+    **hyper: Any,
+) -> Editor:
+    """Train an editor on ``zoo`` (a :class:`~hubedit.zoo.Zoo`) for ``requirement``.
+
+    Give ``lam`` for one trade-off, or ``lam_range=(low, high)`` for a lambda-conditioned editor that
+    takes lambda at edit time. Other keyword arguments are :class:`EditorTrainingConfig` fields. With
+    ``out``, the best editor is saved there (``save_pretrained`` layout) and checkpoints go to
+    ``out/checkpoint`` (``resume=True`` continues from it). Returns the best editor (on every process).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from tqdm.auto import tqdm
+
+    cfg = EditorTrainingConfig(
+        requirement=requirement, variant=variant, lam=lam,
+        lam_range=None if lam_range is None else tuple(float(v) for v in lam_range), **hyper,
+    )
+    cfg.validate()
+    if accelerator is None:
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.seed)
+    task = zoo.task
+    train_split = zoo["train"]
+    n_train = max(1, int(round(cfg.zoo_fraction * len(train_split))))
+    # the fraction is a fixed, seeded subset so that sample-efficiency runs are nested and reproducible
+    order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    train_graphs = _graphs([train_split[i] for i in sorted(order[:n_train])])
+    val_graphs = _graphs(zoo["validation"])
+    if not val_graphs:
+        raise ConfigError("the zoo has no validation models: model selection needs them")
+    Xe, ye, se = task.split("editing")
+    Xv, yv, sv = task.split("evaluation")
+
+    editor = Editor(
+        requirement=requirement, task=zoo.task_name, variant=variant, lam=cfg.lam,
+        lam_range=None if cfg.lam_range is None else list(cfg.lam_range), feature_schema=task.schema(),
+        metanet={"hidden": cfg.hidden, "layers": cfg.layers}, temperature=cfg.temperature,
+        zoo=dict(zoo.source) or {"task": zoo.task_name}, training={},
+    )
+    req = editor.requirement
+    scale = req.metric_scale(task.n_features)
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(editor, optimizer)
+    device = accelerator.device
+    eval_lams = cfg.eval_lambdas or ((cfg.lam,) if cfg.lam is not None else _default_eval_lambdas(cfg.lam_range))
+
+    start_step, best = 0, {"objective": math.inf, "step": -1, "front": []}
+    ckpt_dir = Path(out) / "checkpoint" if out is not None else None
+    if resume and ckpt_dir is not None and (ckpt_dir / "state.json").is_file():
+        meta = _load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer)
+        start_step, best = meta["step"], meta["best"]
+    best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    if best["step"] >= 0 and ckpt_dir is not None and (ckpt_dir / "best.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        best_state = load_file(str(ckpt_dir / "best.safetensors"))
+
+    def validate() -> tuple[float, list[dict]]:
+        net = accelerator.unwrap_model(model)
+        net.eval()
+        points, objective = [], 0.0
+        for lam_v in eval_lams:
+            metric, jsd = evaluate_edits(net.metanet, req, val_graphs, Xv, yv, sv, lam=lam_v, lam_range=cfg.lam_range)
+            points.append({"lam": lam_v, "metric": float(metric.mean()), "jsd": float(jsd.mean())})
+            objective += _objective(metric, jsd, lam_v, scale) / len(eval_lams)
+        net.train()
+        return objective, points
+
+    history = log if log is not None else []
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not progress or not accelerator.is_local_main_process,
+               desc=f"train {requirement} editor", unit="step")
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(start_step, cfg.steps):
+        idx = sample_models(len(train_graphs), cfg.models_per_step, cfg.seed, step, rank, world)
+        batch = Batch.from_data_list([train_graphs[i] for i in idx]).to(device)
+        pts = sample_points(len(ye), cfg.points_per_step, cfg.seed, step, rank)
+        x, y, s = Xe[pts].to(device), ye[pts].to(device), se[pts].to(device)
+        m = len(idx)
+        lam_t = (sample_lambdas(m, cfg.lam_range, cfg.seed, step, rank) if cfg.lam_range is not None
+                 else torch.full((m,), float(cfg.lam))).to(device)
+        # through the prepared (possibly DDP-wrapped) module, so that gradients are synchronised
+        _, edit = run_edit(model, req, batch, lam=lam_t, lam_range=cfg.lam_range, hard=False)
+        outcome, jsd = score(req, batch, edit, x, y, s)
+        penalty = req.penalty(outcome)
+        loss = (jsd + lam_t * penalty).mean()
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        terms = accelerator.gather(torch.stack([loss.detach(), jsd.detach().mean(), penalty.detach().mean()]).reshape(1, 3))
+        terms = terms.reshape(-1, 3).mean(0)
+        record = {"step": step + 1, "loss": float(terms[0]), "jsd": float(terms[1]), "requirement": float(terms[2])}
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", jsd=f"{record['jsd']:.4f}", R=f"{record['requirement']:.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            objective, front = validate()
+            record.update(val_objective=objective, val_front=front)
+            if objective < best["objective"]:
+                best = {"objective": objective, "step": step + 1, "front": front}
+                best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            if ckpt_dir is not None:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    from safetensors.torch import save_file
+
+                    _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, {"step": step + 1, "best": best})
+                    save_file({k: v.contiguous() for k, v in best_state.items()}, str(ckpt_dir / "best.safetensors"))
+        history.append(record)
+        if ckpt_dir is not None and accelerator.is_main_process:
+            with open(Path(out) / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+    bar.close()
+
+    final = accelerator.unwrap_model(model)
+    final.load_state_dict(best_state, strict=True)
+    final.eval()
+    final.settings["validation_front"] = best["front"]
+    final.settings["training"] = {
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "best_step": best["step"],
+        "best_objective": best["objective"],
+        "train_models": len(train_graphs),
+        "processes": world,
+        "seconds": time.perf_counter() - t0,
+    }
+    if out is not None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            final.save_pretrained(out)
+    return final
+
