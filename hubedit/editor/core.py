@@ -38,7 +38,9 @@ def run_edit(
     hard: bool,
 ) -> tuple[EditOutput, Edit]:
     cond = lambda_condition(lam, lam_range) if lam_range is not None else None
-    out = metanet(data, cond=cond)
+    out = metanet(data, cond=cond, with_logits=requirement.uses_mask_heads)
+    if isinstance(out, dict):  # an Editor (or its DDP wrapper) returns the fields as a dict
+        out = EditOutput(**out)
     return out, requirement.apply(data, out, hard=hard)
 
 

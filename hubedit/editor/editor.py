@@ -172,9 +172,10 @@ class Editor(
             raise ConfigError(f"lam={lam} is outside the range the editor was trained on, [{lo}, {hi}]")
         return torch.full((m,), float(lam))
 
-    def forward(self, data, cond: torch.Tensor | None = None):
-        """The metanetwork's raw output for a parameter graph batch (what training differentiates)."""
-        return self.metanet(data, cond=cond)
+    def forward(self, data, cond: torch.Tensor | None = None, with_logits: bool = True) -> dict:
+        """The metanetwork's raw output for a parameter graph batch (what training differentiates), as a
+        dict so that DistributedDataParallel can find the output tensors."""
+        return vars(self.metanet(data, cond=cond, with_logits=with_logits))
 
     # --- editing ---------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -74,6 +74,7 @@ class Requirement(ABC):
     metric_name: ClassVar[str]  # e.g. "kept_features"
     metric_label: ClassVar[str]  # axis label of Pareto plots
     needs_labels: ClassVar[bool] = False  # the relaxation uses y and the sensitive attribute
+    uses_mask_heads: ClassVar[bool] = True  # needs the metanetwork's edge / input-node classification heads
 
     def __init__(self, variant: str | None = None, temperature: float = 1.0):
         variant = variant or self.variants[0]

@@ -16,6 +16,7 @@ class Fairness(Requirement):
     metric_name = "eod"
     metric_label = "equalised-odds difference"
     needs_labels = True
+    uses_mask_heads = False
 
     def apply(self, data, out, *, hard: bool) -> Edit:
         return Edit(out.edge_values, out.node_values)

@@ -184,6 +184,14 @@ def train_editor(
     if resume and ckpt_dir is not None and (ckpt_dir / "state.json").is_file():
         meta = _load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer)
         start_step, best = meta["step"], meta["best"]
+    if out is not None and accelerator.is_main_process:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        log_path = Path(out) / "train_log.jsonl"
+        if start_step == 0:
+            log_path.write_text("")  # a fresh run starts a fresh log
+        elif log_path.is_file():  # keep the lines of the steps the checkpoint covers
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
     best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
     if best["step"] >= 0 and ckpt_dir is not None and (ckpt_dir / "best.safetensors").is_file():
         from safetensors.torch import load_file

@@ -1,0 +1,101 @@
+"""Editor training on accelerate: single process, resume, and `accelerate launch --num_processes 2 --cpu`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubedit.editor import Editor
+from hubedit.train import train_editor
+from hubedit.train.sampling import sample_models, sample_points
+from hubedit.zoo import Zoo
+
+FAST = dict(models_per_step=4, points_per_step=128, hidden=16, layers=2, eval_every=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo_dir(tmp_path_factory):
+    from hubedit.zoo.build import build_zoo
+
+    out = tmp_path_factory.mktemp("zoo") / "adult"
+    build_zoo("adult", "tiny", out, seed=0, progress=False, n_configs=10, epochs=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tiny_zoo_dir):
+    return Zoo.load(tiny_zoo_dir)
+
+
+def test_step_sampling_is_a_function_of_seed_and_step():
+    a = sample_models(50, 8, seed=1, step=7, rank=0, world=2) + sample_models(50, 8, seed=1, step=7, rank=1, world=2)
+    assert len(set(a)) == 16  # the two processes draw disjoint models
+    assert a == sample_models(50, 8, 1, 7, 0, 2) + sample_models(50, 8, 1, 7, 1, 2)
+    assert not torch.equal(sample_points(100, 32, 1, 7, 0), sample_points(100, 32, 1, 8, 0))
+
+
+def test_training_writes_editor_log_and_validation_front(tiny_zoo, tmp_path):
+    log = []
+    editor = train_editor(tiny_zoo, "prune", variant="prune-edit", lam=0.5, out=tmp_path / "ed", steps=10,
+                          progress=False, log=log, **FAST)
+    assert isinstance(editor, Editor)
+    assert [r["step"] for r in log] == list(range(1, 11))
+    assert all({"loss", "jsd", "requirement"} <= set(r) for r in log)
+    assert all(r["loss"] == pytest.approx(r["jsd"] + 0.5 * r["requirement"], rel=1e-4, abs=1e-6) for r in log)
+    front = editor.settings["validation_front"]
+    assert len(front) == 1 and front[0]["lam"] == 0.5 and 0 <= front[0]["metric"] <= 1 and front[0]["jsd"] >= 0
+    cfg = json.loads((tmp_path / "ed" / "config.json").read_text())
+    assert cfg["training"]["steps"] == 10 and cfg["zoo"]["path"] == str(tiny_zoo.source["path"])
+    lines = (tmp_path / "ed" / "train_log.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and "val_front" in json.loads(lines[4])
+    again = Editor.from_pretrained(tmp_path / "ed")
+    assert again.settings["validation_front"] == front
+
+
+def test_resume_continues_exactly(tiny_zoo, tmp_path):
+    full = train_editor(tiny_zoo, "minimise", lam=0.2, out=tmp_path / "full", steps=10, progress=False, **FAST)
+    train_editor(tiny_zoo, "minimise", lam=0.2, out=tmp_path / "part", steps=5, progress=False, **FAST)
+    log = []
+    resumed = train_editor(tiny_zoo, "minimise", lam=0.2, out=tmp_path / "part", steps=10, resume=True,
+                           progress=False, log=log, **FAST)
+    assert [r["step"] for r in log] == list(range(6, 11))  # steps 1-5 were not redone
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_lambda_conditioned_training(tiny_zoo):
+    editor = train_editor(tiny_zoo, "prune", lam_range=(0.01, 1.0), steps=4, progress=False,
+                          eval_lambdas=(0.01, 1.0), **FAST)
+    assert editor.lam_range == (0.01, 1.0)
+    assert [p["lam"] for p in editor.settings["validation_front"]] == [0.01, 1.0]
+    model = tiny_zoo["test"][0].to_module()
+    assert editor.edit(model, lam=0.5).record["lam"] == 0.5
+
+
+def test_accelerate_launch_two_processes(tiny_zoo_dir, tmp_path):
+    """Two data-parallel processes (gloo on CPU). accelerate 1.x's `--cpu` launcher starts ONE process unless
+    MPI is set up (`--mpirun_hostfile`); `--multi_gpu` uses torchrun and, without GPUs, runs MULTI_CPU."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "hubedit",
+        "train", "--zoo", str(tiny_zoo_dir), "--requirement", "fairness", "--lambda", "1.0", "--out", str(out),
+        "--steps", "6", "--models-per-step", "2", "--points-per-step", "128", "--hidden", "16", "--layers", "2",
+        "--eval-every", "3", "--no-progress",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["processes"] == 2 and cfg["training"]["best_step"] in (3, 6)
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 6
+    Editor.from_pretrained(out)
