@@ -8,9 +8,11 @@ import sys
 from .. import __version__
 from ..errors import HubeditError
 from . import editing as editing_commands
+from . import pareto as pareto_commands
+from . import publish as publish_commands
 from . import zoo as zoo_commands
 
-COMMAND_GROUPS = [zoo_commands, editing_commands]
+COMMAND_GROUPS = [zoo_commands, editing_commands, pareto_commands, publish_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

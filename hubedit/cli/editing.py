@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--lambda", dest="lam", type=float, action="append", default=None,
                    help="lambda for lambda-conditioned editors (repeat per editor when composing)")
     e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--push", metavar="REPO_ID", default=None,
+                   help="publish the edited model (weights, ONNX, generated card, Pareto plot) in one commit")
     e.set_defaults(func=_edit)
 
 
@@ -95,4 +97,7 @@ def _edit(args: argparse.Namespace) -> int:
     path = edited.save(out / "model.safetensors")
     print(f"edited model written to {path}")
     print(json.dumps(edited.record, indent=2, default=str))
+    if args.push:
+        info = edited.push_to_hub(args.push, reference=model, editor=editors[0] if len(editors) == 1 else None)
+        print(f"published {args.push} at commit {info.oid}")
     return 0

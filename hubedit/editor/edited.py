@@ -51,6 +51,20 @@ class EditedMLP(MLP):
         edited.metadata = model.metadata
         return edited
 
+    def save_pretrained(self, save_directory, *, task=None, reference: MLP | None = None, **kwargs):
+        """Write weights, config, ONNX, metrics, card and Pareto plot to a folder
+        (:func:`hubedit.publish.save_edited`; ``reference`` is the original model)."""
+        from ..publish import save_edited
+
+        return save_edited(self, save_directory, task=task, reference=reference, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, task=None, reference: MLP | None = None, **kwargs):
+        """Publish to a Hub model repo in one commit (:func:`hubedit.publish.push_edited`): weights, config,
+        ONNX, metrics, card and Pareto plot, prepared and checked before any upload. Returns the ``CommitInfo``."""
+        from ..publish import push_edited
+
+        return push_edited(self, repo_id, task=task, reference=reference, **kwargs)
+
     @torch.no_grad()
     def evaluate(self, task, split: str = "test", reference: MLP | None = None) -> dict[str, Any]:
         """Accuracy, JSD to ``reference`` (the original model), and the compliance metrics on a split."""

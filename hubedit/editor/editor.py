@@ -249,6 +249,16 @@ class Editor(
         return EditorPipeline([self, *editors])
 
     # --- persistence --------------------------------------------------------------------------------------
+    def generate_model_card(self, *args, **kwargs):
+        """The editor's card (:func:`hubedit.cards.editor_card.build_editor_card`): requirement, variant, lambda,
+        task schema, zoo provenance, validation Pareto points (table + ``pareto.png``, written beside the
+        README by the card's ``save``), hyper-parameters, usage, limitations and human review.
+        ``save_pretrained`` / ``push_to_hub`` call it after the weights are written; pass
+        ``model_card_kwargs={"repo_id": ...}`` to name the repo in the usage snippet."""
+        from ..cards.editor_card import build_editor_card
+
+        return build_editor_card(self, **kwargs)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
 
