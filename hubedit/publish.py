@@ -304,7 +304,7 @@ def save_edited(
             if kept is not None and len(kept) == 0:
                 kept = [0]  # a model that uses no feature: keep one (zero-weighted) input so the graph has one
             info = export_onnx(edited, folder / ONNX_FILE, kept_features=kept, feature_names=task.feature_names,
-                               metadata=_onnx_metadata(record, report))
+                               metadata=_onnx_metadata(record, report), verify_data=task.split(split)[0])
             report["onnx"] = {
                 "file": ONNX_FILE, "inputs": list(info.input_names), "kept_features": list(info.kept_features),
                 "max_abs_diff": info.max_abs_diff, "n_zero_weights": info.n_zero_weights,

@@ -315,3 +315,32 @@ def test_refuses_non_finite_model(tmp_path):
     with pytest.raises(hubedit.NonFiniteWeightsError):
         export_onnx(model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_edited_model_export_runs_on_task_test_data_and_names_kept_features(tmp_path):
+    import onnxruntime as ort
+
+    from hubedit import load_task
+    from hubedit.cli import main
+    from hubedit.editor import EditedMLP
+    from hubedit.export import load_onnx_metadata
+
+    task = load_task("bank")
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(in_features=16, hidden=(8, 8), skips=((0, 2),)))
+    kept = [0, 2, 5, 11]
+    dropped = [i for i in range(16) if i not in kept]
+    with torch.no_grad():
+        model.layers[0].weight[:, dropped] = 0
+        model.skips["0_2"].weight[:, dropped] = 0
+    edited = EditedMLP.wrap(model, {"requirement": "minimise", "lam": 0.1, "task": "bank", "kept_features": kept})
+    info = edited.export_onnx(tmp_path / "m.onnx", task=task)
+    assert list(info.input_names) == [task.feature_names[i] for i in kept] and info.max_abs_diff <= 1e-5
+    assert load_onnx_metadata(tmp_path / "m.onnx")["requirement"] == "minimise"
+    X = task.split("test")[0]
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["probabilities"], {sess.get_inputs()[0].name: X[:, kept].numpy()})[0]
+    np.testing.assert_allclose(got, edited.predict_proba(X).numpy(), atol=1e-5)
+    edited.save(tmp_path / "m.safetensors")
+    assert main(["export", "--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "cli.onnx")]) == 0
+    assert (tmp_path / "cli.onnx").is_file()

@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="publish the edited model (weights, ONNX, generated card, Pareto plot) in one commit")
     e.set_defaults(func=_edit)
 
+    x = sub.add_parser("export", help="export an (edited) model to ONNX, verified against onnxruntime")
+    x.add_argument("--model", required=True, help="model .safetensors file (hubedit MLP or edited model)")
+    x.add_argument("--out", required=True, help="output .onnx path")
+    x.add_argument("--task", default=None, help="task whose test split the verification also runs on, and whose "
+                   "feature names name the inputs (default: the edit record's task)")
+    x.set_defaults(func=_export)
+
 
 def _train(args: argparse.Namespace) -> int:
     from ..train import train_editor
@@ -101,3 +108,17 @@ def _edit(args: argparse.Namespace) -> int:
         info = edited.push_to_hub(args.push, reference=model, editor=editors[0] if len(editors) == 1 else None)
         print(f"published {args.push} at commit {info.oid}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..editor import EditedMLP
+
+    edited = EditedMLP.from_bytes(Path(args.model).read_bytes(), source=args.model)
+    task = args.task or edited.record.get("task")
+    info = edited.export_onnx(args.out, task=task)
+    print(f"wrote {info.path}: inputs {list(info.input_names)}, max |onnxruntime - torch| = {info.max_abs_diff:.3g}, "
+          f"{info.n_zero_weights}/{info.n_weights} weights are zero")
+    return 0
+

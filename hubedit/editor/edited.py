@@ -65,6 +65,25 @@ class EditedMLP(MLP):
 
         return push_edited(self, repo_id, task=task, reference=reference, **kwargs)
 
+    def export_onnx(self, path, *, task=None, metadata: dict | None = None, atol: float = 1e-5):
+        """Export to ONNX, verified against onnxruntime (on ``task``'s test split when given, max abs
+        difference <= ``atol``); a data-minimised model takes only its kept features, named by feature.
+        The edit record (editor, requirement, lambda, kept features) goes into ``metadata_props``."""
+        from ..export import export_onnx
+        from ..tasks import load_task
+
+        task = load_task(task) if isinstance(task, str) else task
+        names = task.feature_names if task is not None else None
+        kept = self.kept_features
+        if kept is not None and len(kept) == 0:
+            kept = [0]  # a model that uses no feature keeps one zero-weighted input so the graph has one
+        meta = {"hubedit_edit_record": self.record, "requirement": str(self.record.get("requirement")),
+                "lambda": self.record.get("lam"), "editor": self.record.get("editor") or {}}
+        meta.update(metadata or {})
+        data = task.split("test")[0] if task is not None else None
+        return export_onnx(self, path, kept_features=kept, feature_names=names, metadata=meta, atol=atol,
+                           verify_data=data)
+
     @torch.no_grad()
     def evaluate(self, task, split: str = "test", reference: MLP | None = None) -> dict[str, Any]:
         """Accuracy, JSD to ``reference`` (the original model), and the compliance metrics on a split."""

@@ -132,6 +132,7 @@ def export_onnx(
     feature_names: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     verify: bool = True,
+    verify_data: torch.Tensor | None = None,
     opset: int | None = None,
     atol: float = 1e-5,
     rtol: float = 0.0,
@@ -143,6 +144,7 @@ def export_onnx(
     in every skip out of the input, else :class:`DroppedFeatureInUseError`.
     ``feature_names``: names of *all* the model's input features (``config.in_features`` of them).
     ``metadata``: extra ``metadata_props``; non-string values are stored as JSON.
+    ``verify_data``: extra full-feature rows (e.g. the task's test split) that verification also runs.
     ``verify``: run ``onnx.checker`` and compare onnxruntime with torch on a fixed batch of
     ``VERIFY_ROWS`` standard-normal rows (seed ``VERIFY_SEED``) and on a batch of one; a difference above
     ``atol + rtol * |torch|`` raises :class:`OnnxVerificationError` and nothing is left at ``path``.
@@ -201,7 +203,7 @@ def export_onnx(
     try:
         onnx.save_model(proto, str(tmp))
         if verify:
-            max_diff = _verify(tmp, model, kept, atol=atol, rtol=rtol)
+            max_diff = _verify(tmp, model, kept, atol=atol, rtol=rtol, data=verify_data)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -453,7 +455,8 @@ def _doc_string(config: MLPConfig, n_inputs: int, minimised: bool) -> str:
     return text
 
 
-def _verify(file: Path, model: MLP, kept: list[int], *, atol: float, rtol: float) -> float:
+def _verify(file: Path, model: MLP, kept: list[int], *, atol: float, rtol: float,
+            data: torch.Tensor | None = None) -> float:
     """Check the file and compare onnxruntime with torch; return the max abs difference."""
     try:
         onnx.checker.check_model(str(file), full_check=True)
@@ -472,6 +475,8 @@ def _verify(file: Path, model: MLP, kept: list[int], *, atol: float, rtol: float
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     x = torch.randn(VERIFY_ROWS, model.config.in_features, generator=gen)
     batches = [x, x[:1]]
+    if data is not None:  # e.g. the task's test split: verification on the data the model will see
+        batches.append(data.to(torch.float32))
     was_training = model.training
     model.eval()
     worst = 0.0
