@@ -1,0 +1,1094 @@
+"""Population training: many zoo configurations trained as one batched computation.
+
+A per-model Python loop spends most of its time in per-step overhead (the MLPs are tiny), so building the
+paper's 4,000-configuration populations that way takes more than a day per task on a 2-core machine.
+:func:`train_group` trains a *group* of configurations that share a batch size (so they take the same
+number of steps) as one computation in which every tensor has a leading model axis ``G``:
+
+* **Parameters** are padded to the group's widest layer at each depth. Parameter ``i`` of all models is
+  one contiguous ``(G, *shape)`` block of a 1-D buffer (so it is a standard tensor for ``bmm`` and the
+  whole optimiser state is a few buffers). Hidden layer ``l`` has one weight ``(G, K_l, W_l)`` over the
+  concatenation of its inputs -- the previous layer and every skip source used by some model of the
+  group -- so a layer is one ``torch.baddbmm``. Padded units, absent skips and layers beyond a model's
+  depth hold exact zeros, kept there by a gradient mask; nothing padded reaches a real unit.
+* **Per-model architecture**: a shallower model passes its last hidden layer through the extra layers
+  unchanged (``torch.where``). Normalisation is applied per run of equal norms (models are ordered by
+  norm inside a group): BatchNorm with each model's own batch statistics and running statistics (momentum
+  0.1, unbiased running variance, as ``nn.BatchNorm1d``), LayerNorm over each model's *real* width.
+  Activations are one formula with per-model coefficients (:meth:`ModelGroup._act`), so groups can mix
+  activations at little cost and be formed by shape.
+* **Data**: each model draws its own permutation of the training rows every epoch from its own
+  generator (the same permutations :func:`train_single` uses); batches are gathered into ``(G, B, F)``.
+* **Dropout**: per-model rates; keep-masks from a counter-based hash of (model's dropout seed, step, layer,
+  row, unit), so a model's masks do not depend on its group or padding.
+* **Loss**: per-model mean cross-entropy, summed over models (the gradients do not interact).
+* **Optimiser**: a vectorised AdamW with per-model learning rate and weight decay, matching
+  ``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-8, decoupled decay applied to every parameter -- biases
+  and norm affine parameters included, as torch does by default).
+* **Initialisation**: per model from its own seed, exactly ``nn.Linear``'s default (kaiming-uniform with
+  ``a = sqrt(5)`` for weights, uniform ``±1/sqrt(fan_in)`` for biases): independent of the group.
+* **Divergence**: a model whose loss becomes non-finite is zeroed and frozen (every operation is per model,
+  so it cannot contaminate the others; a test checks the others stay bit-identical) and reported in
+  :attr:`GroupResult.diverged`; *all* of its checkpoints are dropped, so every configuration in a zoo has
+  its full set of checkpoints.
+* **Speed**: groups large enough to repay it run under ``torch.compile`` (fused CPU kernels; ~10-25 s to
+  compile a group), small ones eagerly (:func:`choose_backend`, decided from the configurations only).
+  Training runs on one thread with denormals flushed; a build runs one worker process per core.
+  :func:`plan_groups` chooses the groups by dynamic programming over a calibrated cost model.
+
+At each checkpoint epoch every model is extracted, unpadded, into a real :class:`~hubedit.mlp.MLP` (eval
+mode, BatchNorm running statistics included), serialised with :meth:`MLP.to_bytes` (metadata keys put in
+canonical order, :func:`canonical_blob`), and its train / validation / test accuracies are computed with
+``MLP.from_bytes(blob).accuracy(X, y)`` -- the path a user takes when reloading a checkpoint, so the
+recorded accuracies reproduce exactly.
+
+:func:`train_single` is the plain per-model loop (``torch.optim.AdamW`` on a real ``MLP``) with the same
+initial weights and data order: the reference and the benchmark baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, NonFiniteWeightsError
+from ..mlp import ACTIVATIONS, MLP, NORMS, MLPConfig, activation_fn, skip_key
+from ..mlp.config import LEAKY_RELU_SLOPE
+from ..tasks import Task, load_task
+from .records import Checkpoint, ZooConfig, model_id
+
+__all__ = [
+    "ModelGroup",
+    "GroupResult",
+    "train_group",
+    "train_single",
+    "plan_groups",
+    "derive_seeds",
+    "init_state_dict",
+    "training_data",
+    "evaluation_data",
+    "evaluate_blob",
+    "serialise",
+    "canonical_blob",
+    "steps_per_epoch",
+    "gather_batch",
+    "choose_backend",
+    "compile_available",
+    "group_cost",
+    "CostModel",
+]
+
+BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+BN_MOMENTUM = 0.1
+_SUBSET_SEED = 0x7A5  # fixed seed of the training-row subset used when max_train_rows caps the data
+
+EvalSets = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------------------------------
+# seeds, initialisation, data
+# --------------------------------------------------------------------------------------------------
+def derive_seeds(seed: int) -> tuple[int, int, int]:
+    """(init, shuffle, dropout) seeds of one configuration, derived from its training seed."""
+    s = np.random.SeedSequence(int(seed)).generate_state(6, np.uint32).astype(np.uint64)
+    return tuple(int(((s[2 * i] << np.uint64(32)) | s[2 * i + 1]) & np.uint64(2**63 - 1)) for i in range(3))
+
+
+def init_state_dict(config: MLPConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Initial weights of an :class:`MLP` from ``seed`` alone: ``nn.Linear``'s default initialisation
+    (kaiming-uniform, ``a = sqrt(5)``; bias uniform ``±1/sqrt(fan_in)``), norms at weight 1 / bias 0.
+
+    Drawn in module order (``layers.0`` weight, bias, ..., then the skips in config order) from one
+    ``torch.Generator``; keys and shapes are those of ``MLP(config).state_dict()``.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    w = config.widths
+    sd: dict[str, torch.Tensor] = {}
+
+    def linear(out_f: int, in_f: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = torch.empty(out_f, in_f)
+        torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=gen)
+        if not bias:
+            return weight, None
+        bound = 1.0 / math.sqrt(in_f)
+        return weight, torch.empty(out_f).uniform_(-bound, bound, generator=gen)
+
+    for i in range(config.depth + 1):
+        sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"] = linear(w[i + 1], w[i], True)
+    for i, h in enumerate(config.hidden):
+        if config.norm in ("batchnorm", "layernorm"):
+            sd[f"norms.{i}.weight"] = torch.ones(h)
+            sd[f"norms.{i}.bias"] = torch.zeros(h)
+        if config.norm == "batchnorm":
+            sd[f"norms.{i}.running_mean"] = torch.zeros(h)
+            sd[f"norms.{i}.running_var"] = torch.ones(h)
+            sd[f"norms.{i}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    for s, d in config.skips:
+        sd[f"skips.{skip_key(s, d)}.weight"], _ = linear(w[d], w[s], False)
+    return sd
+
+
+def _as_task(task: "str | Task") -> Task:
+    return task if isinstance(task, Task) else load_task(task)
+
+
+def training_data(task: "str | Task", max_train_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X, y)`` the zoo is trained on: the task's train split, or a fixed seeded subset of
+    ``max_train_rows`` of its rows (same subset for every configuration and every build)."""
+    X, y, _ = _as_task(task).split("train")
+    if max_train_rows is not None and max_train_rows < len(y):
+        if max_train_rows < 2:
+            raise ConfigError(f"max_train_rows must be at least 2, got {max_train_rows}")
+        keep = np.sort(np.random.default_rng(_SUBSET_SEED).permutation(len(y))[:max_train_rows])
+        idx = torch.from_numpy(keep)
+        X, y = X[idx], y[idx]
+    return X.contiguous(), y.contiguous()
+
+
+def evaluation_data(task: "str | Task") -> EvalSets:
+    """The splits every checkpoint is scored on (always the full train / validation / test splits)."""
+    t = _as_task(task)
+    out = {}
+    for name in ("train", "validation", "test"):
+        X, y, _ = t.split(name)
+        out[name] = (X.contiguous(), y.contiguous())
+    return out
+
+
+def canonical_blob(blob: bytes) -> bytes:
+    """A safetensors blob with its ``__metadata__`` keys in sorted order.
+
+    ``safetensors`` writes the metadata map in hash order, which varies from call to call, so two
+    serialisations of the same model can differ in their header bytes. The tensors' entries (already in
+    a fixed order) and the data are kept as they are; the header stays compact JSON padded with spaces
+    to 8 bytes, as safetensors writes it.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n], object_pairs_hook=dict)
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
+
+
+def serialise(model: MLP) -> bytes:
+    """``model.to_bytes()`` in canonical form: the same model always gives the same bytes."""
+    return canonical_blob(model.to_bytes())
+
+
+def evaluate_blob(blob: bytes, eval_sets: EvalSets) -> dict[str, float]:
+    """Accuracies of a serialised MLP, computed exactly as a user would after reloading it."""
+    model = MLP.from_bytes(blob)
+    return {f"{name}_accuracy": model.accuracy(X, y) for name, (X, y) in eval_sets.items()}
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Optimiser steps per epoch: batches of ``batch_size`` in a fresh permutation; a final batch of a
+    single row is dropped (BatchNorm cannot train on it), any larger remainder is kept."""
+    full, rest = divmod(n_rows, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+def gather_batch(X: torch.Tensor, y: torch.Tensor, perms: torch.Tensor, a: int, b: int):
+    """Rows ``a:b`` of every model's permutation ``perms (G, N)``: ``(G, b - a, F)`` inputs, ``(G, b - a)`` labels."""
+    idx = perms[:, a:b].reshape(-1)
+    G = perms.shape[0]
+    return X.index_select(0, idx).view(G, b - a, -1), y.index_select(0, idx).view(G, b - a)
+
+
+def _batches(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
+    out = [(s, min(s + batch_size, n_rows)) for s in range(0, n_rows, batch_size)]
+    return [(a, b) for a, b in out if b - a >= 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# grouping
+# --------------------------------------------------------------------------------------------------
+def _group_key(c: ZooConfig) -> tuple:
+    return (c.train.batch_size, c.train.epochs, tuple(c.checkpoint_epochs), c.mlp.in_features, c.mlp.out_features)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Rough CPU seconds of one training step of a group, for planning groups (measured on a 2-core
+    Xeon with AVX-512; only the relative sizes matter).
+
+    ``step = overhead + G * B * (per_param * P + per_unit * U) * mix * cache + per_adam * G * P``
+    with ``P`` / ``U`` the group's padded parameters / hidden units per model, ``mix`` growing with the
+    number of distinct activations in the group, ``cache`` > 1 once a layer's activations ``(G, B, W)``
+    no longer fit in a core's L2 cache; plus a one-off ``compile`` cost per group.
+    """
+
+    overhead: float
+    per_param: float
+    per_unit: float
+    per_adam: float
+    mix: float
+    cache_bytes: float
+    cache: float
+    compile: float
+
+
+#: fitted to measured groups (scripts/bench_zoo_training.py reports measured / model per batch size)
+COMPILED_COST = CostModel(1.5e-3, 0.06e-9, 4e-9, 2e-9, 0.04, 2.5e6, 2.0, 25.0)
+EAGER_COST = CostModel(4e-3, 0.07e-9, 40e-9, 3e-9, 0.1, 2.5e6, 1.5, 0.0)
+
+
+class _ShapeAcc:
+    """Running padded shape of a would-be group (configurations added one at a time)."""
+
+    def __init__(self, F_in: int, out_features: int):
+        self.F_in, self.O = F_in, out_features
+        self.D = 0
+        self.W = [F_in, 0, 0, 0, 0]
+        self.srcs: list[set[int]] = [set() for _ in range(5)]
+        self.has_norm = False
+        self.acts: set[str] = set()
+        self.G = 0
+        self.epochs = 0
+
+    def add(self, c: ZooConfig) -> None:
+        m = c.mlp
+        if len(self.W) <= m.depth:  # deeper than the table: grow it
+            self.W += [0] * (m.depth + 1 - len(self.W))
+            self.srcs += [set() for _ in range(m.depth + 1 - len(self.srcs))]
+        self.D = max(self.D, m.depth)
+        for l in range(1, len(self.W)):
+            self.W[l] = max(self.W[l], m.hidden[min(l, m.depth) - 1])
+        for s_, d in m.skips:
+            self.srcs[d].add(s_)
+        self.has_norm |= m.norm != "none"
+        self.acts.add(m.activation)
+        self.G += 1
+        self.epochs = max(self.epochs, c.train.epochs)
+
+    def shape(self) -> tuple[int, int, int]:
+        W, D = self.W, self.D
+        P = sum(W[l] * (sum(W[s] for s in {l - 1} | self.srcs[l]) + (3 if self.has_norm else 1)) for l in range(1, D + 1))
+        P += self.O * (W[D] + 1)
+        return P, sum(W[1 : D + 1]), max(W[1 : D + 1])
+
+    def cost(self, batch_size: int, n_rows: int, cost: CostModel) -> float:
+        P, U, Wmax = self.shape()
+        G, B = self.G, batch_size
+        cache = cost.cache if G * B * Wmax * 4 > cost.cache_bytes else 1.0
+        step = cost.overhead + G * B * (cost.per_param * P + cost.per_unit * U) * (1 + cost.mix * (len(self.acts) - 1)) * cache
+        step += cost.per_adam * G * P
+        return step * steps_per_epoch(n_rows, B) * self.epochs + cost.compile
+
+
+def _best(acc: _ShapeAcc, batch_size: int, n_rows: int) -> tuple[float, str]:
+    eager = acc.cost(batch_size, n_rows, EAGER_COST)
+    compiled = acc.cost(batch_size, n_rows, COMPILED_COST)
+    return (compiled, "compiled") if compiled < eager else (eager, "eager")
+
+
+def _acc_of(cs: Sequence[ZooConfig]) -> _ShapeAcc:
+    acc = _ShapeAcc(cs[0].mlp.in_features, cs[0].mlp.out_features)
+    for c in cs:
+        acc.add(c)
+    return acc
+
+
+def group_cost(cs: Sequence[ZooConfig], n_rows: int, cost: CostModel | None = None) -> float:
+    """Estimated CPU seconds to train ``cs`` as one group on ``n_rows`` rows (see :class:`CostModel`);
+    without ``cost``, with the cheaper of eager and compiled training (compilation included)."""
+    acc = _acc_of(cs)
+    if cost is None:
+        return _best(acc, cs[0].train.batch_size, n_rows)[0]
+    return acc.cost(cs[0].train.batch_size, n_rows, cost)
+
+
+def _plan_key(c: ZooConfig) -> tuple:
+    return (
+        c.mlp.depth,
+        c.mlp.hidden[::-1],
+        tuple(sorted(((d, s) for s, d in c.mlp.skips), reverse=True)),
+        ACTIVATIONS.index(c.mlp.activation),
+        c.config_id,
+    )
+
+
+def plan_groups(configs: Sequence[ZooConfig], n_rows: int, max_group_size: int = 256) -> list[list[int]]:
+    """Partition configurations into training groups (lists of ``config_id``), from the list alone.
+
+    Configurations that can train together (same batch size, epochs, checkpoints, input/output sizes)
+    are sorted by depth, widths (last hidden layer first), skip connections and activation, and the
+    sorted list is cut into consecutive groups of at most ``max_group_size`` by dynamic programming,
+    minimising the estimated training time (:func:`group_cost`): large groups amortise per-step and
+    compilation overheads, homogeneous ones waste less on padding (and a little on mixed activations). The plan
+    depends only on the configurations and ``n_rows``, so an interrupted build resumes the same plan.
+    """
+    if max_group_size < 1:
+        raise ConfigError(f"max_group_size must be positive, got {max_group_size}")
+    buckets: dict[tuple, list[ZooConfig]] = {}
+    for c in configs:
+        buckets.setdefault(_group_key(c), []).append(c)
+    groups: list[list[int]] = []
+    for key in sorted(buckets):
+        members = sorted(buckets[key], key=_plan_key)
+        n = len(members)
+        B = members[0].train.batch_size
+        best = [0.0] + [math.inf] * n
+        cut = [0] * (n + 1)
+        for i in range(n):  # forward DP over where the next group starts
+            acc = _ShapeAcc(members[0].mlp.in_features, members[0].mlp.out_features)
+            for j in range(i + 1, min(n, i + max_group_size) + 1):
+                acc.add(members[j - 1])
+                c_cost = best[i] + _best(acc, B, n_rows)[0]
+                if c_cost < best[j]:
+                    best[j], cut[j] = c_cost, i
+        bounds = []
+        j = n
+        while j > 0:
+            bounds.append((cut[j], j))
+            j = cut[j]
+        for i, j in reversed(bounds):
+            groups.append([c.config_id for c in members[i:j]])
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------
+# the batched model
+# --------------------------------------------------------------------------------------------------
+def _runs(labels: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Maximal runs ``(start, stop, label)`` of equal consecutive labels."""
+    out: list[tuple[int, int, str]] = []
+    for i, lab in enumerate(labels):
+        if out and out[-1][2] == lab:
+            out[-1] = (out[-1][0], i + 1, lab)
+        else:
+            out.append((i, i + 1, lab))
+    return out
+
+
+_M31 = 0x7FFFFFFF
+_POS_STRIDE = 1024  # dropout position of (row r, unit u) is r * 1024 + u: independent of the group's padding
+
+
+def _hash31(x: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer mixer (xorshift-multiply, lowbias32 constants) on int64 tensors in ``[0, 2^31)``.
+
+    Every product stays below ``2^63``, so the result is exact (no overflow) in eager and compiled code.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M31
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M31
+    return x ^ (x >> 16)
+
+
+def _adamw_update(flat, grad, exp_avg, exp_avg_sq, pmask, decay, lr, scale: float, eps_term) -> None:
+    """One AdamW step on the 1-D state buffers (eager path); ``decay = 1 - lr wd`` and ``lr`` per element,
+    ``scale = -sqrt(bc2) / bc1``, ``eps_term = eps sqrt(bc2)``. Equal to torch's
+    ``p <- p (1 - lr wd) - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``."""
+    grad.mul_(pmask)
+    flat.mul_(decay)
+    exp_avg.lerp_(grad, 1 - BETAS[0])
+    exp_avg_sq.mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
+    denom = exp_avg_sq.sqrt().add_(eps_term)
+    flat.addcmul_(exp_avg.div(denom), lr, value=scale)
+
+
+def _adamw_update_lists(ps, gs, ms, vs, masks, decays, lrs, scale, eps_term) -> None:
+    """:func:`_adamw_update` over lists of per-parameter tensors (the compiled path: one fused loop
+    each); ``lrs`` per model, ``scale = -sqrt(bc2) / bc1`` a 0-d tensor."""
+    for p, grad, m, v, mask, decay, lr in zip(ps, gs, ms, vs, masks, decays, lrs):
+        g = grad * mask
+        p.mul_(decay)
+        m.lerp_(g, 1 - BETAS[0])
+        v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
+        p.addcmul_(m / (v.sqrt() + eps_term), lr * scale)
+
+
+def compile_available() -> bool:
+    """Whether ``torch.compile`` can build CPU kernels here (inductor and a C++ compiler)."""
+    import shutil
+
+    try:
+        import torch._inductor  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the torch build
+        return False
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+class ModelGroup:
+    """``G`` MLP configurations held as padded, stacked tensors (see the module docstring).
+
+    ``configs`` is the group in its internal order (by normalisation, activation, config id). ``p`` maps
+    parameter names (``w{l}`` weights stored as ``(G, in, out)``, ``b{l}``, ``g{l}``/``n{l}`` norm scale
+    and shift, ``wout``/``bout``) to the per-parameter views; :meth:`extract` gives one model as an MLP.
+    """
+
+    def __init__(self, configs: Sequence[ZooConfig]):
+        if not configs:
+            raise ConfigError("a model group needs at least one configuration")
+        cfgs = sorted(
+            configs, key=lambda c: (NORMS.index(c.mlp.norm), ACTIVATIONS.index(c.mlp.activation), c.config_id)
+        )
+        keys = {_group_key(c) for c in cfgs}
+        if len(keys) != 1:
+            raise ConfigError(f"a model group needs one batch size, epoch plan and input/output size; got {sorted(keys)}")
+        eps = {c.mlp.norm_eps for c in cfgs}
+        if len(eps) != 1:
+            raise ConfigError(f"a model group needs one norm_eps, got {sorted(eps)}")
+        self.configs: list[ZooConfig] = list(cfgs)
+        self.G = G = len(cfgs)
+        self.norm_eps = eps.pop()
+        self.batch_size = cfgs[0].train.batch_size
+        self.epochs = cfgs[0].train.epochs
+        self.checkpoint_epochs = tuple(cfgs[0].checkpoint_epochs)
+        self.F_in = cfgs[0].mlp.in_features
+        self.O = cfgs[0].mlp.out_features
+        depths = [c.mlp.depth for c in cfgs]
+        self.D = D = max(depths)
+        self.depths = depths
+        # effective width of model g at layer l: its real width, or its last hidden width past its depth
+        self.rw = [[self.F_in] + [c.mlp.hidden[min(l, c.mlp.depth) - 1] for l in range(1, D + 1)] for c in cfgs]
+        self.W = W = [max(r[l] for r in self.rw) for l in range(D + 1)]
+        # inputs of hidden layer l: the previous layer, then every skip source used by a model of the group
+        self.in_blocks: dict[int, list[tuple[int, int]]] = {}
+        for l in range(1, D + 1):
+            srcs = [l - 1] + sorted({s for c in cfgs for s, d in c.mlp.skips if d == l})
+            offs, o = [], 0
+            for s in srcs:
+                offs.append((s, o))
+                o += W[s]
+            self.in_blocks[l] = offs
+        self.K = {l: sum(W[s] for s, _ in self.in_blocks[l]) for l in range(1, D + 1)}
+        self.has_norm_params = any(c.mlp.norm != "none" for c in cfgs)
+
+        # ---- flat parameter layout
+        specs: list[tuple[str, tuple[int, ...]]] = []
+        for l in range(1, D + 1):
+            specs += [(f"w{l}", (self.K[l], W[l])), (f"b{l}", (W[l],))]  # weights stored transposed
+            if self.has_norm_params:
+                specs += [(f"g{l}", (W[l],)), (f"n{l}", (W[l],))]
+        specs += [("wout", (W[D], self.O)), ("bout", (self.O,))]
+        self.offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
+        P = 0
+        for name, shape in specs:
+            self.offsets[name] = (P, shape)
+            P += int(np.prod(shape))
+        self.P = P
+        # Blocked layout: parameter i of every model is one contiguous (G, *shape) block of a 1-D buffer,
+        # so each parameter is a standard contiguous tensor (bmm needs no copies) and the whole state is
+        # one buffer for the eager optimiser.
+        self.flat = torch.zeros(G * P)
+        self.grad = torch.zeros(G * P)
+        self.pmask = torch.zeros(G * P)
+        self.exp_avg = torch.zeros(G * P)
+        self.exp_avg_sq = torch.zeros(G * P)
+        # one leaf per parameter, a view of `flat`; the eager path accumulates into a view of `grad`
+        self.p: dict[str, torch.Tensor] = {}
+        for name in self.offsets:
+            leaf = self._view(self.flat, name)
+            leaf.requires_grad_(True)
+            leaf.grad = self._view(self.grad, name)
+            self.p[name] = leaf
+        self._grad_views = {name: leaf.grad for name, leaf in self.p.items()}
+        self._mask_views = {name: self._view(self.pmask, name) for name in self.offsets}
+        # ---- BatchNorm running statistics (per model, per padded unit)
+        self.bn_steps = 0
+        self.running_mean = {l: torch.zeros(G, W[l]) for l in range(1, D + 1)}
+        self.running_var = {l: torch.ones(G, W[l]) for l in range(1, D + 1)}
+
+        # ---- per-model architecture plan
+        self.norm_runs = _runs([c.mlp.norm for c in cfgs])  # models are ordered by norm: contiguous runs
+        self.norm_kinds = [k for _, _, k in self.norm_runs]
+        self._norm_sizes = [g1 - g0 for g0, g1, _ in self.norm_runs]
+        self._act_onehot = {
+            a: torch.tensor([c.mlp.activation == a for c in cfgs], dtype=torch.float32).view(G, 1, 1)
+            for a in ACTIVATIONS
+            if any(c.mlp.activation == a for c in cfgs)
+        }
+        self._act_fns = {a: activation_fn(a) for a in ACTIVATIONS}
+        # relu and leaky relu as max(z, slope z): same values (relu gives -0.0 for z < 0), and inductor
+        # fuses it far better than the masked forms (2x faster steps for relu groups when compiled)
+        self._act_fns["relu"] = lambda z: torch.maximum(z, z * 0.0)
+        self._act_fns["leaky_relu"] = lambda z: torch.maximum(z, z * LEAKY_RELU_SLOPE)
+        acts = [c.mlp.activation for c in cfgs]
+
+        def col(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).view(G, 1, 1)
+
+        self._act_coef: dict[str, torch.Tensor] = {}
+        if {"sigmoid", "silu", "tanh"} & set(acts):
+            self._act_coef["sig_scale"] = col([2.0 if a == "tanh" else 1.0 for a in acts])
+            for a in ("sigmoid", "silu", "tanh"):
+                if a in acts:
+                    self._act_coef[a] = col([float(x == a) for x in acts])
+        if {"relu", "leaky_relu"} & set(acts):
+            self._act_coef["relu_like"] = col([float(a in ("relu", "leaky_relu")) for a in acts])
+            self._act_coef["slope"] = col([LEAKY_RELU_SLOPE if a == "leaky_relu" else 0.0 for a in acts])
+        if "gelu" in acts:
+            self._act_coef["gelu"] = col([float(a == "gelu") for a in acts])
+        # LayerNorm statistics over each model's real width: per run and layer, (mask (g, 1, W_l), count
+        # (g, 1, 1)), or None where every model of the run is W_l wide there
+        self.ln_masks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None] = {}
+        for g0, g1, kind in self.norm_runs:
+            if kind != "layernorm":
+                continue
+            for l in range(1, D + 1):
+                widths = [self.rw[g][l] for g in range(g0, g1)]
+                if all(w == W[l] for w in widths):
+                    self.ln_masks[(g0, l)] = None
+                else:
+                    m = torch.zeros(g1 - g0, 1, W[l])
+                    for i, w in enumerate(widths):
+                        m[i, 0, :w] = 1.0
+                    self.ln_masks[(g0, l)] = (m, torch.tensor(widths, dtype=torch.float32).view(-1, 1, 1))
+        # layers some models skip (pass-through)
+        self.active = {
+            l: torch.tensor([d >= l for d in depths]).view(G, 1, 1) for l in range(1, D + 1) if min(depths) < l
+        }
+        # ---- dropout: per-model rate; keep-masks from a counter-based hash of
+        #      (model's dropout seed, optimiser step, layer, row, unit): independent of the group
+        p = torch.tensor([c.mlp.dropout for c in cfgs], dtype=torch.float64).view(G, 1, 1)
+        self.has_dropout = bool((p > 0).any())
+        self.drop_scale = (1.0 / (1.0 - p)).float()
+        self._drop_thr = torch.round(p * 2**31).to(torch.int64)
+        self._drop_base = torch.tensor([derive_seeds(c.seed)[2] & _M31 for c in cfgs], dtype=torch.int64).view(G, 1, 1)
+        Wmax = max(W[1:])
+        self._pos = (
+            torch.arange(self.batch_size, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE
+            + torch.arange(Wmax, dtype=torch.int64).view(1, 1, -1)
+        )
+        # ---- per-model optimiser hyper-parameters
+        self.lr = torch.tensor([c.train.lr for c in cfgs], dtype=torch.float64).view(G, 1)
+        wd = torch.tensor([c.train.weight_decay for c in cfgs], dtype=torch.float64).view(G, 1)
+        self.decay = (1.0 - self.lr * wd).float()
+        self._refresh_hyper()
+        self.step_count = 0
+        self.alive = torch.ones(G, dtype=torch.bool)
+        self.diverged: dict[int, str] = {}
+        self._compiled: tuple[Callable, Callable, Callable] | None = None
+        # ---- initial weights, per model from its own seed
+        for g, c in enumerate(cfgs):
+            self.load_model(g, init_state_dict(c.mlp, derive_seeds(c.seed)[0]))
+
+    def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:
+        """Parameter ``name`` of every model: a contiguous ``(G, *shape)`` block of a 1-D state buffer."""
+        off, shape = self.offsets[name]
+        return buf[self.G * off : self.G * (off + math.prod(shape))].view(self.G, *shape)
+
+    def _per_element(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-model values ``(G, 1)`` spread over the 1-D blocked buffer layout."""
+        v = values.reshape(self.G, 1)
+        return torch.cat([v.expand(self.G, math.prod(shape)).reshape(-1) for _, shape in self.offsets.values()])
+
+    def _refresh_hyper(self) -> None:
+        self._lr_full = self._per_element(self.lr.float())
+        self._decay_full = self._per_element(self.decay)
+
+    # ---- mapping between one model's state dict and its slots in the padded tensors ---------------
+    def _slots(self, g: int):
+        """Yield ``(state_dict key, param name, index)`` of every real parameter of model ``g``.
+
+        Weights are stored transposed (``(in, out)``, so a layer is ``x @ w``): their index is in that
+        layout and the state-dict tensor is its transpose."""
+        c = self.configs[g].mlp
+        d = c.depth
+        rw = self.rw[g]
+        for l in range(1, d + 1):
+            blocks = dict(self.in_blocks[l])
+            yield f"layers.{l - 1}.weight", f"w{l}", (slice(0, rw[l - 1]), slice(0, rw[l]))
+            yield f"layers.{l - 1}.bias", f"b{l}", (slice(0, rw[l]),)
+            for s in c.skips_into(l):
+                o = blocks[s]
+                yield f"skips.{skip_key(s, l)}.weight", f"w{l}", (slice(o, o + rw[s]), slice(0, rw[l]))
+            if c.norm != "none":
+                yield f"norms.{l - 1}.weight", f"g{l}", (slice(0, rw[l]),)
+                yield f"norms.{l - 1}.bias", f"n{l}", (slice(0, rw[l]),)
+        yield f"layers.{d}.weight", "wout", (slice(0, rw[d]), slice(None))
+        yield f"layers.{d}.bias", "bout", (slice(None),)
+
+    @torch.no_grad()
+    def load_model(self, g: int, state: dict[str, torch.Tensor]) -> None:
+        """Write one model's state dict into slot ``g`` (and mark its real entries trainable)."""
+        seen = set()
+        for name in self.offsets:
+            self._view(self.flat, name)[g].zero_()
+            self._view(self.pmask, name)[g].zero_()
+        for key, name, idx in self._slots(g):
+            self.p[name][g][idx] = state[key].t() if len(idx) == 2 else state[key]
+            self._mask_views[name][g][idx] = 1.0
+            seen.add(key)
+        c = self.configs[g].mlp
+        if c.norm == "batchnorm":
+            for l in range(1, c.depth + 1):
+                w = self.rw[g][l]
+                self.running_mean[l][g, :w] = state[f"norms.{l - 1}.running_mean"]
+                self.running_var[l][g, :w] = state[f"norms.{l - 1}.running_var"]
+                seen |= {f"norms.{l - 1}.{k}" for k in ("running_mean", "running_var", "num_batches_tracked")}
+        missing = set(state) - seen
+        if missing:
+            raise ConfigError(f"state dict keys not placed in the group: {sorted(missing)}")
+
+    @torch.no_grad()
+    def state_dict_of(self, g: int) -> dict[str, torch.Tensor]:
+        """Model ``g``'s unpadded state dict (keys of ``MLP(config).state_dict()``)."""
+        sd = {
+            key: (self.p[name][g][idx].t() if len(idx) == 2 else self.p[name][g][idx]).detach().clone(memory_format=torch.contiguous_format)
+            for key, name, idx in self._slots(g)
+        }
+        c = self.configs[g].mlp
+        if c.norm == "batchnorm":
+            for l in range(1, c.depth + 1):
+                w = self.rw[g][l]
+                sd[f"norms.{l - 1}.running_mean"] = self.running_mean[l][g, :w].clone()
+                sd[f"norms.{l - 1}.running_var"] = self.running_var[l][g, :w].clone()
+                sd[f"norms.{l - 1}.num_batches_tracked"] = torch.tensor(self.bn_steps, dtype=torch.long)
+        return sd
+
+    def extract(self, g: int) -> MLP:
+        """Model ``g`` as a real :class:`MLP` in eval mode."""
+        with torch.random.fork_rng(devices=[]):  # MLP() draws a throw-away init from the global RNG
+            model = MLP(self.configs[g].mlp)
+        model.load_state_dict(self.state_dict_of(g), strict=True)
+        return model.eval()
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def _act(self, z: torch.Tensor) -> torch.Tensor:
+        """Each model's activation, as one formula for the whole group (no per-model branching).
+
+        With ``s = sigmoid(a z)`` (``a = 2`` for tanh models, else 1):
+        ``h = c_sigmoid s + c_silu z s + c_tanh (2 s - 1) + c_relu max(z, slope z) + c_gelu gelu(z)``
+        where the ``c`` are each model's one-hot choice and ``slope`` is 0 (relu) or 0.01 (leaky relu).
+        Unselected terms are exact zeros (finite inputs), so a model computes its own activation (tanh as
+        ``2 sigmoid(2z) - 1``, equal to ``tanh`` to float rounding). One transcendental (two if some model
+        uses gelu) per element: mixing activations in a group costs little, so groups can be formed by
+        shape, which is what padding cost depends on."""
+        if len(self._act_onehot) == 1:
+            return self._act_fns[next(iter(self._act_onehot))](z)
+        c = self._act_coef
+        out = None
+
+        def acc(term):
+            nonlocal out
+            out = term if out is None else out + term
+
+        if "sig_scale" in c:
+            s = torch.sigmoid(z * c["sig_scale"])
+            if "sigmoid" in c:
+                acc(s * c["sigmoid"])
+            if "silu" in c:
+                acc(z * s * c["silu"])
+            if "tanh" in c:
+                acc((2 * s - 1) * c["tanh"])
+        if "relu_like" in c:
+            acc(torch.maximum(z, z * c["slope"]) * c["relu_like"])
+        if "gelu" in c:
+            acc(F.gelu(z) * c["gelu"])
+        return out
+
+    def _norm_one(self, zs, ga, be, kind: str, l: int, g0: int, g1: int, training: bool) -> torch.Tensor:
+        if kind == "none":
+            return zs
+        ga, be = ga.unsqueeze(1), be.unsqueeze(1)
+        if kind == "batchnorm":
+            if training:
+                var, mean = torch.var_mean(zs, dim=1, keepdim=True, correction=0)
+                with torch.no_grad():
+                    n = zs.shape[1]
+                    self.running_mean[l][g0:g1].mul_(1 - BN_MOMENTUM).add_(mean.squeeze(1), alpha=BN_MOMENTUM)
+                    self.running_var[l][g0:g1].mul_(1 - BN_MOMENTUM).add_(var.squeeze(1), alpha=BN_MOMENTUM * n / (n - 1))
+            else:
+                mean = self.running_mean[l][g0:g1].unsqueeze(1)
+                var = self.running_var[l][g0:g1].unsqueeze(1)
+            return (zs - mean) * torch.rsqrt(var + self.norm_eps) * ga + be
+        mask = self.ln_masks[(g0, l)]  # layernorm over each model's real width
+        if mask is None:
+            return F.layer_norm(zs, (zs.shape[-1],), eps=self.norm_eps) * ga + be
+        m, cnt = mask
+        mean = zs.sum(-1, keepdim=True) / cnt
+        dev = (zs - mean) * m
+        var = (dev * dev).sum(-1, keepdim=True) / cnt
+        return dev * torch.rsqrt(var + self.norm_eps) * ga + be
+
+    def _norm(self, params: dict[str, torch.Tensor], z: torch.Tensor, l: int, training: bool) -> torch.Tensor:
+        """Each model's normalisation, per run of equal ones along the model axis (models are ordered by
+        norm; ``split`` rather than slicing, so the backward pass is one ``cat``, not a sum of padded copies)."""
+        if not self.has_norm_params:
+            return z
+        gamma, beta = params[f"g{l}"], params[f"n{l}"]
+        if len(self.norm_runs) == 1:
+            g0, g1, kind = self.norm_runs[0]
+            return self._norm_one(z, gamma, beta, kind, l, g0, g1, training)
+        zs, gs, bs = z.split(self._norm_sizes), gamma.split(self._norm_sizes), beta.split(self._norm_sizes)
+        return torch.cat(
+            [self._norm_one(zs[i], gs[i], bs[i], kind, l, g0, g1, training) for i, (g0, g1, kind) in enumerate(self.norm_runs)],
+            0,
+        )
+
+    def _dropout_masks(self, step: torch.Tensor, B: int) -> list[torch.Tensor]:
+        """Per hidden layer, ``keep / (1 - p)`` of every model for optimiser step ``step`` (``(G, B, W_l)``).
+
+        ``keep = hash(model's dropout seed, step, layer, row * 1024 + unit) >= p * 2^31``: a counter-based
+        draw, so a model's masks do not depend on its group (nor on the padding)."""
+        pos = self._pos
+        if B > pos.shape[1]:  # a batch larger than the group's batch size (forward() on other data)
+            pos = torch.arange(B, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE + torch.arange(pos.shape[2]).view(1, 1, -1)
+        out = []
+        for l in range(1, self.D + 1):
+            key = _hash31((self._drop_base + step * 0x9E3779B1 + l * 0x632BE5AB) & _M31)
+            u = _hash31((key + pos[:, :B, : self.W[l]]) & _M31)
+            out.append((u >= self._drop_thr) * self.drop_scale)
+        return out
+
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, training: bool, drop: list | None):
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.G, -1, -1)
+        W = self.W
+        hs = [x]
+        for l in range(1, self.D + 1):
+            blocks = self.in_blocks[l]
+            inp = hs[l - 1] if len(blocks) == 1 else torch.cat([hs[s] for s, _ in blocks], -1)
+            z = torch.baddbmm(params[f"b{l}"].unsqueeze(1), inp, params[f"w{l}"])
+            h = self._act(self._norm(params, z, l, training))
+            if training and drop is not None:
+                h = h * drop[l - 1]
+            if l in self.active:
+                prev = hs[l - 1] if W[l] == W[l - 1] else F.pad(hs[l - 1], (0, W[l] - W[l - 1]))
+                h = torch.where(self.active[l], h, prev)
+            hs.append(h)
+        return torch.baddbmm(params["bout"].unsqueeze(1), hs[self.D], params["wout"])
+
+    def forward(self, x: torch.Tensor, training: bool = False, step: int = 0) -> torch.Tensor:
+        """Logits ``(G, B, out)`` for inputs ``(G, B, F)`` (one batch per model) or ``(B, F)`` (shared).
+
+        ``training``: batch statistics (and running-statistics updates) for BatchNorm, and the dropout
+        masks of optimiser step ``step``. Otherwise eval mode: the function of the extracted MLPs.
+        """
+        drop = None
+        if training and self.has_dropout:
+            x3 = x if x.dim() == 3 else x.unsqueeze(0)
+            drop = self._dropout_masks(torch.tensor(step, dtype=torch.int64), x3.shape[1])
+        return self._forward(self.p, x, training, drop)
+
+    def _per_model_loss(self, params, x: torch.Tensor, y: torch.Tensor, drop: list | None) -> torch.Tensor:
+        G, B = y.shape
+        logits = self._forward(params, x, True, drop)
+        return F.cross_entropy(logits.reshape(G * B, -1), y.reshape(G * B), reduction="none").view(G, B).mean(1)
+
+    def _loss_from_list(self, plist: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, drop: list | None):
+        return self._per_model_loss(dict(zip(self.offsets, plist)), x, y, drop)
+
+    # ---- training -------------------------------------------------------------------------------------
+    def enable_compile(self) -> None:
+        """Use ``torch.compile`` (fused CPU kernels) for full-size batches and the optimiser."""
+        import torch._dynamo
+
+        torch._dynamo.reset()  # one group at a time per process: never hit the recompile limit
+        self._compiled = (
+            torch.compile(self._loss_from_list, fullgraph=True, dynamic=False),
+            torch.compile(_adamw_update_lists, fullgraph=True, dynamic=False),
+            torch.compile(self._dropout_masks, fullgraph=True, dynamic=False),
+        )
+        names = list(self.offsets)
+        self._plist = [self.p[n] for n in names]
+        self._lists = (
+            [self._view(self.flat, n) for n in names],
+            [self._view(self.exp_avg, n) for n in names],
+            [self._view(self.exp_avg_sq, n) for n in names],
+            [self._view(self.pmask, n) for n in names],
+        )
+        self._refresh_lists()
+
+    def _refresh_lists(self) -> None:
+        """Per-parameter views of the per-model decay and learning rate (broadcast shapes)."""
+        if self._compiled is None:
+            return
+        shapes = [(self.G,) + (1,) * len(shape) for _, shape in self.offsets.values()]
+        self._decays = [self.decay.view(sh) for sh in shapes]
+        lr = self.lr.float()
+        self._lrs = [lr.view(sh) for sh in shapes]
+
+    @torch.no_grad()
+    def kill(self, gs: Sequence[int], reason: str) -> None:
+        """Freeze models ``gs`` at zero: no further updates, finite outputs, no effect on the others."""
+        for g in gs:
+            g = int(g)
+            if not bool(self.alive[g]):
+                continue
+            self.alive[g] = False
+            self.diverged[self.configs[g].config_id] = reason
+            for t in (self.flat, self.grad, self.pmask, self.exp_avg, self.exp_avg_sq):
+                for name in self.offsets:
+                    self._view(t, name)[g].zero_()
+            for leaf in self.p.values():
+                if leaf.grad is not None:
+                    leaf.grad[g].zero_()
+            self.lr[g] = 0.0
+            self.decay[g] = 1.0
+            self._refresh_hyper()
+            self._refresh_lists()
+            for l in self.running_mean:
+                self.running_mean[l][g].zero_()
+                self.running_var[l][g].fill_(1.0)
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, where: str = "", compiled: bool = False) -> None:
+        """One optimiser step on per-model batches ``xb (G, B, F)``, ``yb (G, B)``."""
+        step = torch.tensor(self.step_count, dtype=torch.int64)
+        compiled = compiled and self._compiled is not None and yb.shape[1] == self.batch_size
+        drop = None
+        if self.has_dropout:
+            drop = (self._compiled[2] if compiled else self._dropout_masks)(step, yb.shape[1])
+        if compiled:
+            for leaf in self._plist:
+                leaf.grad = None
+            per = self._compiled[0](self._plist, xb, yb, drop)
+        else:
+            for name, leaf in self.p.items():  # gradients accumulate into views of self.grad
+                leaf.grad = self._grad_views[name]
+            self.grad.zero_()
+            per = self._per_model_loss(self.p, xb, yb, drop)
+        self.bn_steps += 1
+        finite = torch.isfinite(per)
+        bad = None
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite & self.alive).flatten().tolist()
+            per = torch.where(finite, per, torch.zeros((), dtype=per.dtype))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+            per.sum().backward()
+        with torch.no_grad():
+            if bad is not None:
+                for leaf in self.p.values():
+                    leaf.grad[~finite] = 0.0
+                self.kill(bad, f"non-finite loss at {where}")
+            self.step_count += 1
+            t = self.step_count
+            bc1, bc2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
+            eps_term = torch.tensor(ADAM_EPS * math.sqrt(bc2), dtype=torch.float32)
+            if compiled:
+                ps, ms, vs, masks = self._lists
+                grads = [leaf.grad for leaf in self._plist]
+                scale = torch.tensor(-math.sqrt(bc2) / bc1, dtype=torch.float32)
+                self._compiled[1](ps, grads, ms, vs, masks, self._decays, self._lrs, scale, eps_term)
+            else:
+                _adamw_update(
+                    self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.pmask, self._decay_full,
+                    self._lr_full, -math.sqrt(bc2) / bc1, eps_term,
+                )
+
+
+@dataclass
+class GroupResult:
+    """What :func:`train_group` returns: checkpoints of the models that trained to the end, the configs
+    that diverged (``config_id -> reason``; none of their checkpoints are kept) and timings."""
+
+    checkpoints: list[Checkpoint]
+    diverged: dict[int, str] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    config_ids: list[int] = field(default_factory=list)
+    backend: str = "eager"
+
+
+def choose_backend(configs: Sequence[ZooConfig], n_rows: int, compile: "bool | str" = "auto") -> str:
+    """``"compiled"`` or ``"eager"`` for a group. ``"auto"`` compiles when the cost model expects
+    compilation (~10-20 s) to pay for itself. A function of the configurations, the data size and the
+    environment (a C++ compiler), never of timing, so a rebuild makes the same choice."""
+    if compile == "auto":
+        compile = _best(_acc_of(configs), configs[0].train.batch_size, n_rows)[1] == "compiled"
+    return "compiled" if compile and compile_available() else "eager"
+
+
+class _single_thread:
+    """Train on one thread with denormals flushed to zero (restored afterwards).
+
+    One thread makes results independent of how many worker processes a build uses (a build runs one
+    process per core instead); flushing denormals avoids a 10-30x slowdown of the optimiser on tiny
+    second moments (values below 1.2e-38 become 0).
+    """
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(True)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(self.threads)
+        return False
+
+
+def train_group(
+    task: "str | Task",
+    configs: "Sequence[ZooConfig] | ModelGroup",
+    *,
+    max_train_rows: int | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+    evaluate: bool = True,
+    max_steps_per_epoch: int | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_sets: EvalSets | None = None,
+    compile: "bool | str" = "auto",
+) -> GroupResult:
+    """Train configurations that share a batch size and epoch plan as one batched computation.
+
+    ``configs`` may be a prepared :class:`ModelGroup` (tests use this to tamper with one model).
+    ``on_epoch(epoch, n_models)`` is called after every epoch. ``max_steps_per_epoch`` truncates epochs
+    (benchmarks only). ``data`` / ``eval_sets`` override :func:`training_data` / :func:`evaluation_data`.
+    ``compile``: True, False or "auto" (see :func:`choose_backend`); compiled and eager training agree to
+    float rounding, not bitwise. If compilation fails, the group is retrained eagerly from the start.
+    """
+    t = _as_task(task)
+    X, y = data if data is not None else training_data(t, max_train_rows)
+    group_in = configs
+    cfgs = configs.configs if isinstance(configs, ModelGroup) else list(configs)
+    backend = choose_backend(cfgs, len(y), compile)
+    with _single_thread():
+        if backend == "compiled":
+            try:
+                return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, True)
+            except Exception as exc:  # compilation problems surface on the first compiled step
+                if isinstance(configs, ModelGroup) or not _is_compile_error(exc):
+                    raise
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training this group eagerly")
+        return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, False)
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor")) or "compile" in str(exc).lower()
+
+
+def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, compiled) -> GroupResult:
+    group = configs if isinstance(configs, ModelGroup) else ModelGroup(configs)
+    if X.shape[1] != group.F_in:
+        raise ConfigError(f"task {t.name!r} has {X.shape[1]} features, the configurations expect {group.F_in}")
+    if compiled:
+        group.enable_compile()
+    sets = eval_sets if eval_sets is not None else (evaluation_data(t) if evaluate else {})
+    N = len(y)
+    shufflers = [torch.Generator().manual_seed(derive_seeds(c.seed)[1]) for c in group.configs]
+    batches = _batches(N, group.batch_size)
+    if max_steps_per_epoch is not None:
+        batches = batches[:max_steps_per_epoch]
+    blobs: dict[tuple[int, int], tuple[bytes, dict]] = {}
+    train_s = eval_s = 0.0
+    for epoch in range(1, group.epochs + 1):
+        t0 = time.perf_counter()
+        perms = torch.stack([torch.randperm(N, generator=gen) for gen in shufflers])
+        for a, b in batches:
+            xb, yb = gather_batch(X, y, perms, a, b)
+            group.train_step(xb, yb, where=f"epoch {epoch}, rows {a}:{b}", compiled=compiled)
+        t1 = time.perf_counter()
+        train_s += t1 - t0
+        if epoch in group.checkpoint_epochs:
+            for g, c in enumerate(group.configs):
+                if not bool(group.alive[g]):
+                    continue
+                model = group.extract(g)
+                try:
+                    model.check_finite()
+                except NonFiniteWeightsError as exc:
+                    group.kill([g], f"non-finite weights at epoch {epoch}: {exc}")
+                    continue
+                blob = serialise(model)
+                metrics = evaluate_blob(blob, sets) if evaluate else {}
+                blobs[(c.config_id, epoch)] = (blob, metrics)
+            eval_s += time.perf_counter() - t1
+        if on_epoch is not None:
+            on_epoch(epoch, group.G)
+    checkpoints = []
+    for c in sorted(group.configs, key=lambda c: c.config_id):
+        if c.config_id in group.diverged:
+            continue
+        for epoch in c.checkpoint_epochs:
+            blob, metrics = blobs[(c.config_id, epoch)]
+            checkpoints.append(
+                Checkpoint(
+                    model_id=model_id(t.name, c.config_id, epoch),
+                    task=t.name,
+                    config=c,
+                    epoch=epoch,
+                    weights=blob,
+                    metrics=metrics,
+                )
+            )
+    return GroupResult(
+        checkpoints=checkpoints,
+        diverged=dict(group.diverged),
+        train_seconds=train_s,
+        eval_seconds=eval_s,
+        config_ids=sorted(c.config_id for c in group.configs),
+        backend="compiled" if compiled else "eager",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the plain per-model loop (reference and benchmark baseline)
+# --------------------------------------------------------------------------------------------------
+def train_single(
+    config: ZooConfig,
+    task: "str | Task",
+    *,
+    max_train_rows: int | None = None,
+    evaluate: bool = True,
+    max_steps_per_epoch: int | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_sets: EvalSets | None = None,
+) -> list[Checkpoint]:
+    """Train one configuration with a plain loop: a real :class:`MLP`, ``torch.optim.AdamW``, and the
+    same initial weights and per-epoch row permutations as the batched trainer (dropout masks differ).
+    Runs on one thread, like the batched trainer (tiny models gain nothing from more, and a busy machine
+    makes idle OpenMP threads spin).
+
+    Returns its checkpoints; training stops early (fewer checkpoints) if the loss becomes non-finite.
+    """
+    t = _as_task(task)
+    X, y = data if data is not None else training_data(t, max_train_rows)
+    sets = eval_sets if eval_sets is not None else (evaluation_data(t) if evaluate else {})
+    init_seed, shuffle_seed, dropout_seed = derive_seeds(config.seed)
+    with torch.random.fork_rng(devices=[]):
+        model = MLP(config.mlp)
+    model.load_state_dict(init_state_dict(config.mlp, init_seed), strict=True)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.train.lr, betas=BETAS, eps=ADAM_EPS, weight_decay=config.train.weight_decay
+    )
+    shuffle = torch.Generator().manual_seed(shuffle_seed)
+    batches = _batches(len(y), config.train.batch_size)
+    if max_steps_per_epoch is not None:
+        batches = batches[:max_steps_per_epoch]
+    out: list[Checkpoint] = []
+    with _single_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(dropout_seed)
+        for epoch in range(1, config.train.epochs + 1):
+            model.train()
+            perm = torch.randperm(len(y), generator=shuffle)
+            for a, b in batches:
+                idx = perm[a:b]
+                loss = F.cross_entropy(model(X[idx]), y[idx])
+                if not torch.isfinite(loss):
+                    return out
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if epoch in config.checkpoint_epochs:
+                model.eval()
+                blob = serialise(model)
+                out.append(
+                    Checkpoint(
+                        model_id=model_id(t.name, config.config_id, epoch),
+                        task=t.name,
+                        config=config,
+                        epoch=epoch,
+                        weights=blob,
+                        metrics=evaluate_blob(blob, sets) if evaluate else {},
+                    )
+                )
+    return out
