@@ -237,3 +237,11 @@ def test_from_sklearn_refuses_unsupported():
         MLP.from_sklearn(MLPClassifier(activation="identity", max_iter=5).fit(X, y))
     with pytest.raises(UnsupportedArchitectureError, match="LogisticRegression"):
         MLP.from_sklearn(LogisticRegression().fit(X, y))
+
+
+def test_serialisation_is_byte_deterministic():
+    model = randomise(MLP(MLPConfig(in_features=6, hidden=(8, 8), norm="batchnorm", skips=((0, 2),))), 5)
+    blobs = {model.to_bytes(metadata={"b": "2", "a": "1", "z": "x"}) for _ in range(20)}
+    assert len(blobs) == 1
+    again = MLP.from_bytes(blobs.pop())
+    assert again.metadata == {"a": "1", "b": "2", "z": "x"}

@@ -120,7 +120,7 @@ class MLP(nn.Module):
                 raise ValueError(f"metadata key {k!r} is reserved")
             meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        return st_save_bytes(tensors, metadata=meta)
+        return canonical_safetensors(st_save_bytes(tensors, metadata=meta))
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``path`` (a ``.safetensors`` file) atomically: a crash never leaves half a file."""
@@ -180,6 +180,23 @@ class MLP(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return f"hidden={list(c.hidden)}, activation={c.activation}, norm={c.norm}, skips={[list(s) for s in c.skips]}"
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """A safetensors blob with its ``__metadata__`` keys in sorted order.
+
+    ``safetensors`` writes the metadata map in hash order, which varies from call to call, so two
+    serialisations of the same model could differ in their header bytes. Tensor entries and data are kept;
+    the header stays compact JSON padded with spaces to 8 bytes, as safetensors writes it.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def _read_safetensors(blob: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

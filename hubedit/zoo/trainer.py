@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, NonFiniteWeightsError
 from ..mlp import ACTIVATIONS, MLP, NORMS, MLPConfig, activation_fn, skip_key
+from ..mlp.module import canonical_safetensors as canonical_blob
 from ..mlp.config import LEAKY_RELU_SLOPE
 from ..tasks import Task, load_task
 from .records import Checkpoint, ZooConfig, model_id
@@ -162,23 +163,6 @@ def evaluation_data(task: "str | Task") -> EvalSets:
         X, y, _ = t.split(name)
         out[name] = (X.contiguous(), y.contiguous())
     return out
-
-
-def canonical_blob(blob: bytes) -> bytes:
-    """A safetensors blob with its ``__metadata__`` keys in sorted order.
-
-    ``safetensors`` writes the metadata map in hash order, which varies from call to call, so two
-    serialisations of the same model can differ in their header bytes. The tensors' entries (already in
-    a fixed order) and the data are kept as they are; the header stays compact JSON padded with spaces
-    to 8 bytes, as safetensors writes it.
-    """
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n], object_pairs_hook=dict)
-    if "__metadata__" in header:
-        header = {"__metadata__": dict(sorted(header["__metadata__"].items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def serialise(model: MLP) -> bytes:
