@@ -56,3 +56,23 @@ def hub_repo_id(request):
     """A fresh, not yet created repo id (`hubedit-test/<test name>-<random>`)."""
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
     return f"hubedit-test/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module: several times faster than two on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_adult_zoo(tmp_path_factory):
+    """A tiny Adult zoo (9 configurations x 2 epochs), built once per test session."""
+    from hubedit.zoo.build import build_zoo
+
+    return build_zoo("adult", "tiny", tmp_path_factory.mktemp("zoo") / "adult-tiny", seed=0, progress=False,
+                     n_configs=9, epochs=2)

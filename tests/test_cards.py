@@ -36,23 +36,12 @@ NET = {"hidden": 16, "layers": 2}
 VARIANTS = {"minimise": "gmn", "fairness": "gmn", "prune": "prune-edit"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """A tiny adult zoo, built once per session (shared by the publishing tests through the base temp dir)."""
-    from hubedit.zoo.build import build_zoo
-
-    path = tmp_path_factory.getbasetemp() / "publish-tiny-zoo"
-    if (path / "zoo.json").is_file():
-        return Zoo.load(path)
-    return build_zoo("adult", "tiny", path, seed=0, progress=False, n_configs=9, epochs=2)
+def zoo(tiny_adult_zoo):
+    return tiny_adult_zoo
 
 
 def perturbed_editor(requirement: str, models, seed: int = 0, scale: float = 0.5) -> Editor:

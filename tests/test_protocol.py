@@ -36,13 +36,7 @@ NET = {"hidden": 16, "layers": 2}
 FAST = dict(models_per_step=4, points_per_step=128, hidden=16, layers=2, eval_every=4, steps=4, lr=0.01)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: several times faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
