@@ -84,8 +84,9 @@ def publish_folder(
     The Hub applies a commit atomically, so an interrupted or failed upload leaves the repo as it was:
     nothing is half-published. Returns the client's ``CommitInfo``.
     """
+    import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
     what = _describe(repo_id, repo_type, revision)
@@ -99,3 +100,8 @@ def publish_folder(
         )
     except HfHubHTTPError as exc:
         raise HubError(f"publishing to {what} failed, the repo is unchanged: {exc}") from exc
+    except OfflineModeIsEnabled as exc:
+        raise HubError(f"cannot publish to {what}: HF_HUB_OFFLINE is set ({exc})") from exc
+    except httpx2.TransportError as exc:  # connection refused, DNS, timeouts: the client's transport errors
+        raise HubError(f"publishing to {what} failed, the endpoint is unreachable ({type(exc).__name__}: {exc}); "
+                       "nothing was committed") from exc

@@ -386,6 +386,9 @@ def publish_edited_folder(folder: str | os.PathLike, repo_id: str, *, revision: 
     if validate_remote:
         try:
             validate_card(card, remote=True)
+        except HubError as exc:  # the endpoint, not the card: say so, keep the folder
+            raise type(exc)(f"{exc}; nothing was uploaded; the prepared folder (weights, ONNX, card) is kept at "
+                            f"{where}") from exc
         except HubeditError as exc:
             raise PublishError(f"the card did not validate ({exc}); nothing was uploaded; the prepared folder is "
                                f"{where}", where) from exc

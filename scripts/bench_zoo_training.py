@@ -10,15 +10,16 @@ What it does, per task:
    trainer as a build would (compiled when the build would compile it): after compilation and warm-up,
    ``--steps`` optimiser steps are timed (CPU time of the one training thread, so other load on the machine
    does not inflate it). Seconds per epoch = seconds per step x steps per epoch.
-3. Trains ``--plain`` configurations drawn from the same groups with :func:`train_single` (a real MLP,
-   ``torch.optim.AdamW``, one thread) for the same number of steps: the per-model loop's seconds per epoch.
+3. Trains every configuration of those groups (or ``--plain N`` of them) with :func:`train_single` (a real
+   MLP, ``torch.optim.AdamW``, one thread) for ``--plain-steps`` steps: the per-model loop's seconds per epoch.
 4. Reports trained models per second (one core each, steady state, ``paper`` epochs) of both on the same
-   configurations and their ratio, then projects the full ``paper`` build: the planner's cost model for
+   configurations -- the timed groups' models trained one after the other against the same models trained
+   as batched groups -- and their ratio, then projects the full ``paper`` build: the planner's cost model for
    every group, calibrated per batch size by the measured groups, plus measured compilation time per group,
    checkpoint extraction/evaluation (measured per checkpoint) and per-epoch shuffling, divided over the
    build's worker processes (one per core, at most 2).
 
-Run:  python scripts/bench_zoo_training.py [--tasks adult bank] [--groups 12] [--steps 25] [--plain 24]
+Run:  python scripts/bench_zoo_training.py [--tasks adult bank] [--groups 12] [--steps 25] [--plain 0]
 (about 15 minutes on 2 cores; compilation is timed with a fresh inductor cache unless --warm-cache)
 """
 
@@ -141,7 +142,6 @@ def bench_task(task_name, args, rng):
           f"timing groups {chosen}", flush=True)
 
     rows, measured = [], {}
-    plain_cfgs = []
     for i in chosen:
         cfgs = [by_id[c] for c in plan[i]]
         backend = choose_backend(cfgs, N)
@@ -154,18 +154,25 @@ def bench_task(task_name, args, rng):
         rows.append([task_name, i, g.batch_size, g.G, g.D, "/".join(map(str, g.W[1:])), g.P, backend,
                      f"{comp_s:.1f}", f"{step_s * 1e3:.1f}", f"{epoch_s:.2f}", f"{epoch_s / g.G * 1e3:.1f}"])
         print("  " + " | ".join(map(str, rows[-1])), flush=True)
-        plain_cfgs += rng.sample(cfgs, min(len(cfgs), max(1, args.plain // len(chosen))))
+        timed = cfgs if args.plain <= 0 else rng.sample(cfgs, min(len(cfgs), max(1, args.plain // len(chosen))))
+        measured[i]["plain_cfgs"] = timed
         # a few extractions for the evaluation cost
         measured[i]["models"] = [g.extract(k) for k in range(min(3, g.G))]
 
-    # plain per-model loop on configurations of the same groups
-    plain_epoch = []
-    for c in plain_cfgs:
-        s = time_plain(c, task, X, y, args.plain_steps)
-        plain_epoch.append(s * steps_per_epoch(N, c.train.batch_size))
-    # batched vs plain, one core each, steady state, on the same groups' configurations
+    # plain per-model loop on configurations of the same groups (all of them with --plain 0)
+    n_plain = 0
+    plain_by_bs = defaultdict(list)
+    for m in measured.values():
+        epochs = []
+        for c in m["plain_cfgs"]:
+            epochs.append(time_plain(c, task, X, y, args.plain_steps) * steps_per_epoch(N, c.train.batch_size))
+        n_plain += len(epochs)
+        plain_by_bs[m["bs"]] += epochs
+        m["plain_epoch_s"] = m["G"] * statistics.mean(epochs)  # the whole group, one model after the other
+    # batched vs plain, one core each, steady state, on the same configurations: the groups' models trained
+    # one after the other take sum(plain_epoch_s), as one batched group each sum(epoch_s)
     batched_model_epochs_per_s = sum(m["G"] for m in measured.values()) / sum(m["epoch_s"] for m in measured.values())
-    plain_model_epochs_per_s = len(plain_epoch) / sum(plain_epoch)
+    plain_model_epochs_per_s = sum(m["G"] for m in measured.values()) / sum(m["plain_epoch_s"] for m in measured.values())
 
     # projection of the whole paper build
     sets = evaluation_data(task)
@@ -193,10 +200,15 @@ def bench_task(task_name, args, rng):
     total_cpu = train_cpu + compile_cpu + eval_cpu + shuffle_cpu
     workers = 2
     wall_h = total_cpu / workers / 3600
-    plain_cpu = len(configs) * preset.epochs / plain_model_epochs_per_s
+    # per-model loop over the whole population: mean measured epoch time per batch size x its configurations
+    bs_count = defaultdict(int)
+    for c in configs:
+        bs_count[c.train.batch_size] += 1
+    plain_cpu = preset.epochs * sum(n * statistics.mean(plain_by_bs[bs]) for bs, n in bs_count.items() if plain_by_bs.get(bs))
     return dict(
         task=task_name, rows=rows, batched=batched_model_epochs_per_s, plain=plain_model_epochs_per_s,
-        n_plain=len(plain_epoch), calib={bs: statistics.mean(v) for bs, v in calib.items()},
+
+        n_plain=n_plain, calib={bs: statistics.mean(v) for bs, v in calib.items()},
         train_cpu=train_cpu, compile_cpu=compile_cpu, eval_cpu=eval_cpu, shuffle_cpu=shuffle_cpu,
         total_cpu=total_cpu, wall_h=wall_h, plain_wall_h=plain_cpu / 3600, n_groups=len(plan), n_compiled=n_compiled,
     )
@@ -207,7 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", default=["adult", "bank"])
     ap.add_argument("--groups", type=int, default=12, help="groups of the paper plan to time per task")
     ap.add_argument("--steps", type=int, default=25, help="timed optimiser steps per group")
-    ap.add_argument("--plain", type=int, default=24, help="configurations timed with the per-model loop per task")
+    ap.add_argument("--plain", type=int, default=0,
+                    help="configurations timed with the per-model loop per task, spread over the timed groups "
+                         "(0, the default: every configuration of the timed groups)")
     ap.add_argument("--plain-steps", type=int, default=50, help="timed steps per per-model configuration")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warm-cache", action="store_true", help="reuse the inductor cache (compile times then are not a first build's)")

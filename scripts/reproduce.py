@@ -61,12 +61,13 @@ class Plan:
 
 # Per-lambda grids. On the tiny preset (300 steps) lambda 0.003 left models untouched, 0.03 kept about half of the
 # features / 90 % of the weights and 0.3 dropped everything (fairness: 0.03 untouched, 3 a constant predictor), so
-# the grids of the larger presets are dense between those ends. Not tuned on the small preset yet.
+# the grids of the larger presets are dense between those ends (``small`` uses four of them, log-spaced).
 LAMBDAS = {
     "minimise": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
     "prune": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
     "fairness": (0.03, 0.1, 0.3, 0.6, 1.0, 2.0),
 }
+SMALL_LAMBDAS = {"minimise": (0.003, 0.01, 0.03, 0.1), "prune": (0.003, 0.01, 0.03, 0.1), "fairness": (0.1, 0.3, 1.0, 3.0)}
 TINY_LAMBDAS = {"minimise": (0.003, 0.03, 0.3), "prune": (0.003, 0.03, 0.3), "fairness": (0.03, 0.3, 3.0)}
 LAM_RANGES = {"minimise": (0.001, 1.0), "prune": (0.001, 1.0), "fairness": (0.01, 10.0)}
 
@@ -80,14 +81,18 @@ PLANS = {
         composition=dict(dm_lambdas=2, prune_lambdas=2, fs_retrain_epochs=20, max_models=None),
         sample_efficiency=dict(fractions=(0.1, 0.25, 0.5, 0.75, 1.0), lambdas=(0.01, 0.1), steps=300),
     ),
+    # Sized for a 2-core CPU machine in about two hours of compute (run two invocations with disjoint --settings in
+    # parallel to fill the cache, then one for the report): smaller editors trained for fewer steps than the
+    # paper's, four lambdas per requirement, 24 validation / 24 test models per setting, FS & Retrain at the
+    # paper's 100 epochs on four feature counts.
     "small": Plan(
         "small",
-        train=dict(steps=3000, models_per_step=32, points_per_step=512, hidden=64, layers=4, eval_every=250),
-        lambdas=LAMBDAS,
+        train=dict(steps=600, models_per_step=16, points_per_step=512, hidden=32, layers=3, eval_every=100),
+        lambdas=SMALL_LAMBDAS,
         lam_ranges=LAM_RANGES,
-        protocol=dict(fs_retrain_epochs=100, timing_models=10),
-        composition=dict(dm_lambdas=3, prune_lambdas=3, fs_retrain_epochs=100, max_models=60),
-        sample_efficiency=dict(fractions=(0.1, 0.25, 0.5, 0.75, 1.0), lambdas=(0.01, 0.05, 0.1), steps=3000),
+        protocol=dict(fs_retrain_epochs=100, fs_retrain_n_keep=(2, 4, 7, 11), max_models=24, timing_models=10),
+        composition=dict(dm_lambdas=3, prune_lambdas=3, fs_retrain_epochs=100, max_models=16),
+        sample_efficiency=dict(fractions=(0.1, 0.25, 0.5, 0.75, 1.0), lambdas=(0.01, 0.03, 0.1), steps=600),
     ),
     "paper": Plan(
         "paper",
@@ -238,6 +243,30 @@ def run_setting(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
     return res
 
 
+def run_matched(setting: str, zoo, editors, plan: Plan, args, work: Path, log: Log):
+    """Editors against magnitude pruning / FS at the editor's own per-model level (cached like evaluations)."""
+    from hubedit.evaluation.matched import MatchedResult, matched_comparison
+    from hubedit.evaluation.protocol import SETTINGS, default_lambda_grid
+
+    _, requirement = SETTINGS[setting]
+    grid = default_lambda_grid(plan.lam_ranges[requirement], plan.lambda_grid_points)
+    options = {"max_models": plan.protocol.get("max_models"), "seed": args.seed, "lambda_grid": list(grid),
+               "pfi_repeats": plan.protocol.get("pfi_repeats", 5)}
+    key = json.loads(json.dumps({"options": options, "editors": _editors_key(editors)}))
+    cache = work / "eval" / f"{setting}-matched.json"
+    if cache.is_file() and not args.force_eval:
+        d = json.loads(cache.read_text())
+        if d.get("cache_key") == key:
+            log(f"  {setting}: reusing matched comparison {cache}")
+            return MatchedResult.from_dict(d)
+    t = time.perf_counter()
+    res = matched_comparison(zoo, editors, requirement, **options)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**res.to_dict(), "cache_key": key}, indent=2))
+    log(f"  {setting}: matched comparison in {time.perf_counter() - t:.1f} s")
+    return res
+
+
 # ======================================================================================================
 # report
 # ======================================================================================================
@@ -318,8 +347,49 @@ def coverage_notes(results: dict) -> list[str]:
     return notes
 
 
+def lambda_rows(results: dict) -> list[list]:
+    """Per editor method: the requirement metric and JSD on validation at increasing lambda, and whether the
+    metric never increases with lambda."""
+    rows = []
+    for setting, res in results.items():
+        for name in res.editor_methods:
+            m = res.methods[name]
+            lams = [float(st.split("=", 1)[1]) for st in m.strengths]
+            order = sorted(range(len(lams)), key=lams.__getitem__)
+            metric = [float(m.val[i, 0]) for i in order]
+            mono = all(b <= a + 1e-9 for a, b in zip(metric, metric[1:]))
+            rows.append([setting, name, ", ".join(f"{lams[i]:g}" for i in order),
+                         ", ".join(f"{v:.3g}" for v in metric), ", ".join(f"{float(m.val[i, 1]):.3g}" for i in order),
+                         "yes" if mono else "NO"])
+    return rows
+
+
+def conditioned_rows(results: dict, editors: dict) -> list[list]:
+    """Per setting and variant: hypervolume (test) and training seconds of the per-lambda editors together
+    against the one lambda-conditioned editor."""
+    rows = []
+    for setting, res in results.items():
+        for name in res.editor_methods:
+            cond = f"{name} (λ-cond.)"
+            if name.endswith("(λ-cond.)") or cond not in res.methods:
+                continue
+            eds = editors.get(setting, [])
+            per_s = sum(e.settings["training"].get("seconds") or 0 for e in eds if e.lam is not None and _label(e) == name)
+            cond_s = sum(e.settings["training"].get("seconds") or 0 for e in eds if e.lam is None and _label(e) == cond)
+            n_per = sum(1 for e in eds if e.lam is not None and _label(e) == name)
+            rows.append([setting, name, n_per, res.hypervolumes[name], round(per_s, 1), res.hypervolumes[cond], round(cond_s, 1),
+                         res.hypervolumes[cond] - res.hypervolumes[name], res.dominance_table().loc[cond, name]])
+    return rows
+
+
+def _label(editor) -> str:
+    from hubedit.evaluation.protocol import editor_label
+
+    return editor_label(editor)
+
+
 def write_report(path: Path, *, args, plan: Plan, argv: list[str], started: str, log: Log, zoos: dict, results: dict,
-                 composition, sample_eff, editors: dict) -> None:
+                 composition, sample_eff, editors: dict, matched: dict | None = None) -> None:
     from hubedit.evaluation.pareto import to_markdown
     from hubedit.evaluation.protocol import machine_info
     from tabulate import tabulate
@@ -395,6 +465,28 @@ def write_report(path: Path, *, args, plan: Plan, argv: list[str], started: str,
         if trow:
             lines += ["Median seconds per model:", "", to_markdown(pd.DataFrame(trow).T, floatfmt=".4g"), ""]
         lines += ["What each method's time covers is listed under each setting below.", ""]
+        lines += ["## Requirement metric against lambda (validation)", "",
+                  "Mean requirement metric and JSD of each editor method over the zoo's validation models (task evaluation "
+                  "split) at increasing lambda: per-lambda editors, or the lambda-conditioned editor at its lambda grid.", "",
+                  tabulate(lambda_rows(results), headers=["setting", "method", "lambda", "metric", "JSD",
+                                                          "metric non-increasing"], tablefmt="github"), ""]
+        crow = conditioned_rows(results, editors)
+        if crow:
+            lines += ["## One lambda-conditioned editor against per-lambda editors", "",
+                      "Test hypervolume of the per-lambda editors' front (one editor per lambda) and of the single "
+                      "lambda-conditioned editor's front (evaluated at its lambda grid), with their training seconds.", "",
+                      tabulate(crow, headers=["setting", "method", "per-lambda editors", "per-lambda HV", "per-lambda train s",
+                                              "conditioned HV", "conditioned train s", "HV difference",
+                                              "share of per-lambda front dominated by conditioned"],
+                               tablefmt="github", floatfmt=".4f"), ""]
+    if matched:
+        lines += ["## Matched comparisons: editors against a baseline at the same level, model by model", "",
+                  "For each editor run and test model, the baseline is applied to the original model at exactly the level "
+                  "the editor reached on that model: magnitude pruning to the same number of non-zero weights, or FS "
+                  "(permutation importance on the editing split) keeping the same number of features. Mean JSD to the "
+                  "original model (natural log) and accuracy on the task's test split.", ""]
+        for s_, m in matched.items():
+            lines += [f"### {s_}", "", m.report_markdown(), ""]
 
     for s, r in results.items():
         lines += [r.report_markdown(heading_level=2, plot_path=f"{s}-pareto.png").replace(f"## {r.title}", f"## {s}: {r.title}", 1), ""]
@@ -418,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", choices=("all", "main"), default="all",
                    help="all variants (GMN + FS (GMN), Prune & Edit + Prune) or only the main one per requirement")
     p.add_argument("--settings", default=None, help="comma-separated subset of dm-adult,dm-bank,fairness-adult,prune-adult,prune-bank")
-    p.add_argument("--skip", default="", help="comma-separated: composition, sample-efficiency")
+    p.add_argument("--skip", default="", help="comma-separated: composition, sample-efficiency, matched")
     p.add_argument("--steps", type=int, default=None, help="override editor training steps")
     p.add_argument("--max-models", type=int, default=None, help="override: at most N validation / test models per setting")
     p.add_argument("--fs-retrain-epochs", type=int, default=None, help="override FS & Retrain epochs (paper: 100)")
@@ -470,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sorted({SETTINGS[s][0] for s in settings} | ({"adult"} if not {"composition", "sample-efficiency"} <= skip else set()))
     zoos = {t: load_or_build_zoo(t, plan, work, args.seed, args.progress, log) for t in tasks}
 
-    results, editors_by_setting = {}, {}
+    results, editors_by_setting, matched = {}, {}, {}
     for s in settings:
         task, req = SETTINGS[s]
         log.stage(f"editors {s}")
@@ -478,11 +570,14 @@ def main(argv: list[str] | None = None) -> int:
         log.stage(f"evaluation {s}")
         results[s] = run_setting(s, zoos[task], editors_by_setting[s], plan, args, work, log)
         results[s].save(results_dir, prefix=f"{s}-")
+        if req in ("prune", "minimise") and "matched" not in skip:
+            log.stage(f"matched comparison {s}")
+            matched[s] = run_matched(s, zoos[task], editors_by_setting[s], plan, args, work, log)
         # REPORT.md after every setting, so an interrupted run still leaves what it has
         log.end_stage()
         write_report(results_dir / "REPORT.md", args=args, plan=plan, argv=argv, started=started, log=log, zoos=zoos,
                      results=results, composition=None, sample_eff=None,
-                     editors=editors_by_setting)
+                     editors=editors_by_setting, matched=matched)
 
     composition = None
     if "composition" not in skip:
@@ -549,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     log.end_stage()
     write_report(results_dir / "REPORT.md", args=args, plan=plan, argv=argv, started=started, log=log, zoos=zoos,
                  results=results, composition=composition, sample_eff=sample_eff,
-                 editors=editors_by_setting)
+                 editors=editors_by_setting, matched=matched)
     log(f"wrote {results_dir / 'REPORT.md'}")
     return 0
 

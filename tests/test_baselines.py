@@ -409,3 +409,20 @@ def test_mask_input_features_leaves_the_input_model_untouched(trained):
     out = mask_input_features(model, [0, 1])
     assert (out.layers[0].weight[:, 2:] == 0).all()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_retraining_baselines_survive_a_diverging_model(trained):
+    """A learning rate that overflows the weights within an epoch: the diverging epochs are undone, the
+    results stay finite and keep their constraints (one unstable zoo model must not NaN an evaluation)."""
+    model, X, y = trained
+    lt = lottery_ticket_prune(model, 0.3, X, iterations=2, epochs_per_iteration=2, lr=1e30)
+    weights = [p for n, p in lt.named_parameters() if n.endswith("weight") and p.dim() == 2]
+    assert all(bool(torch.isfinite(p).all()) for p in lt.parameters())
+    assert sum(int((w != 0).sum()) for w in weights) == n_kept(lt.n_weights, 0.3)
+    student, kept = fs_retrain(model, X, 2, y=y, epochs=3, lr=1e30)
+    assert all(bool(torch.isfinite(p).all()) for p in student.parameters())
+    fs_only, _ = feature_selection(model, X, y, 2)
+    # nothing finite survived an epoch: the student is the FS model it started from
+    for a, b in zip(student.parameters(), fs_only.parameters()):
+        assert torch.equal(a, b)
+    assert torch.isfinite(student.predict_proba(X)).all()

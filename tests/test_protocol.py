@@ -26,6 +26,7 @@ from hubedit.evaluation.protocol import (
     BASELINES,
     MethodResult,
     ProtocolResult,
+    _subset,
     editor_runs,
     kept_features,
     run_protocol,
@@ -273,3 +274,72 @@ def test_baselines_in_worker_processes_give_the_same_points(zoo):
     for name, m in one.methods.items():
         np.testing.assert_array_equal(m.val, two.methods[name].val)
         np.testing.assert_array_equal(m.test, two.methods[name].test)
+
+
+# --------------------------------------------------------------------------------------------------
+# matched comparisons (hubedit.evaluation.matched)
+# --------------------------------------------------------------------------------------------------
+def test_matched_pruning_is_magnitude_at_the_editors_per_model_count(zoo):
+    from hubedit.baselines import magnitude_prune
+    from hubedit.evaluation.matched import _magnitude_at, matched_comparison
+    from hubedit.evaluation.metrics import jsd
+
+    ref = zoo["test"][0].to_module()
+    ed = half_mask_editor("prune", ref, variant="prune-edit")
+    res = matched_comparison(zoo, [ed], "prune", max_models=3)
+    assert res.baseline == "Magnitude" and res.n_models == 3 and len(res.rows) == 1
+    row = res.rows[0]
+    # independent recomputation: edit, count non-zeros per model, magnitude-prune to that fraction
+    X, y, _ = zoo.task.split("test")
+    models = [zoo["test"][i].to_module() for i in _subset(zoo["test"], 3, 0)]  # the protocol's seeded subset
+    edited = ed.edit_many(models)
+    fracs, b_jsd, e_jsd = [], [], []
+    for m, e in zip(models, edited):
+        nz = sum(int((p != 0).sum()) for n, p in e.named_parameters() if n.endswith("weight") and p.dim() == 2)
+        k = nz / m.n_weights
+        fracs.append(k)
+        base = magnitude_prune(m, k)
+        assert sum(int((p != 0).sum()) for n, p in base.named_parameters() if n.endswith("weight") and p.dim() == 2) == nz
+        with torch.no_grad():
+            p0 = m.predict_proba(X).double()
+            b_jsd.append(float(jsd(p0, base.predict_proba(X).double()).mean()))
+            e_jsd.append(float(jsd(p0, e.predict_proba(X).double()).mean()))
+    assert 0 < np.mean(fracs) < 1
+    assert row["level"] == pytest.approx(np.mean(fracs), abs=1e-12)
+    assert row["baseline_jsd"] == pytest.approx(np.mean(b_jsd), rel=1e-9)
+    assert row["editor_jsd"] == pytest.approx(np.mean(e_jsd), rel=1e-6)
+    assert row["editor_better_share"] == pytest.approx(np.mean(np.asarray(e_jsd) < np.asarray(b_jsd)))
+    assert row["informative"] and "Magnitude JSD" in res.report_markdown()
+    # keeping nothing is allowed for the matched baseline (magnitude_prune itself needs keep > 0)
+    empty = _magnitude_at(ref, 0)
+    assert all(float(p.abs().sum()) == 0 for n, p in empty.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    assert type(res).from_dict(json.loads(json.dumps(res.to_dict()))).rows == res.rows
+
+
+def test_matched_minimisation_is_fs_at_the_editors_feature_count(zoo):
+    from hubedit.baselines import feature_selection
+    from hubedit.evaluation.matched import matched_comparison
+    from hubedit.evaluation.metrics import jsd
+
+    ref = zoo["test"][0].to_module()
+    ed = half_mask_editor("minimise", ref, variant="gmn")
+    res = matched_comparison(zoo, [ed], "minimise", max_models=2, pfi_repeats=2)
+    row = res.rows[0]
+    X, _, _ = zoo.task.split("test")
+    Xe, ye, _ = zoo.task.split("editing")
+    models = [zoo["test"][i].to_module() for i in _subset(zoo["test"], 2, 0)]
+    levels, b_jsd = [], []
+    for m, e in zip(models, ed.edit_many(models)):
+        k = kept_features(e)
+        levels.append(k)
+        base, kept = feature_selection(m, Xe, ye, k, n_repeats=2, seed=0)
+        assert len(kept) == k and kept_features(base) == k
+        with torch.no_grad():
+            b_jsd.append(float(jsd(m.predict_proba(X).double(), base.predict_proba(X).double()).mean()))
+    assert 0 < np.mean(levels) < zoo.task.n_features
+    assert row["level"] == pytest.approx(np.mean(levels))
+    assert row["baseline_jsd"] == pytest.approx(np.mean(b_jsd), rel=1e-9)
+    with pytest.raises(ValueError, match="not minimise"):
+        matched_comparison(zoo, [half_mask_editor("prune", ref)], "minimise", max_models=1)
+    with pytest.raises(ValueError, match="matched comparisons exist"):
+        matched_comparison(zoo, [ed], "fairness", max_models=1)

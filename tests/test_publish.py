@@ -22,7 +22,7 @@ from huggingface_hub import ModelCard
 from hubedit.editor import EditedMLP, Editor
 from hubedit.graph import mlps_to_batch
 from hubedit.hub import HubError, HubNotFoundError
-from hubedit.publish import PublishError, load_edited, push_edited
+from hubedit.publish import PublishError, load_edited, publish_edited_folder, push_edited
 from hubedit.zoo import Zoo
 
 NET = {"hidden": 16, "layers": 2}
@@ -183,6 +183,44 @@ def test_failed_upload_leaves_the_repo_unchanged(editor, model, hub_server, hf_a
     assert hf_api.repo_info(hub_repo_id).sha == first
     assert set(hf_api.list_repo_files(hub_repo_id)) == files
     assert "should not land" not in [c.title for c in hf_api.list_repo_commits(hub_repo_id)]
+
+
+def test_unreachable_endpoint_is_a_hub_error_and_keeps_the_weights(editor, model, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubError, match="(?s)unreachable.*ConnectError.*kept at ") as info:
+        push_edited(editor.edit(model), "org/never-published", reference=model, compute_baselines=False)
+    kept = str(info.value).rsplit("kept at ", 1)[1]
+    assert os.path.isfile(os.path.join(kept, "model.safetensors"))
+    # the upload itself (card validation skipped) fails the same way
+    with pytest.raises(HubError, match="(?s)endpoint is unreachable.*nothing was committed.*kept at "):
+        publish_edited_folder(kept, "org/never-published", validate_remote=False)
+    shutil.rmtree(kept)
+
+
+def test_editor_push_failures_are_hub_errors(editor, hub_server, hf_api, hub_repo_id, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    hub_server.fail_next("commit", status=500)
+    with pytest.raises(HubError, match=f"(?s){hub_repo_id}.*nothing was committed.*500"):
+        editor.push_to_hub(hub_repo_id)
+    assert [c.title for c in hf_api.list_repo_commits(hub_repo_id)] == ["initial commit"]
+    editor.push_to_hub(hub_repo_id)  # the next try lands
+    assert {"config.json", "model.safetensors"} <= set(hf_api.list_repo_files(hub_repo_id))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubError, match="ConnectError"):
+        editor.push_to_hub(hub_repo_id)
 
 
 def test_card_failure_raises_before_any_request(editor, model, hub_server, hf_api, hub_repo_id, tmp_path, monkeypatch):

@@ -76,6 +76,23 @@ def test_lambda_conditioned_training(tiny_zoo):
     assert editor.edit(model, lam=0.5).record["lam"] == 0.5
 
 
+def _accelerate_train(launch_args: list[str], zoo_dir, out, requirement: str, lam: str, steps: int) -> dict:
+    """`accelerate launch LAUNCH_ARGS -m hubedit train ...` on the tiny zoo; returns the saved config."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hubedit",
+        "train", "--zoo", str(zoo_dir), "--requirement", requirement, "--lambda", lam, "--out", str(out),
+        "--steps", str(steps), "--models-per-step", "2", "--points-per-step", "128", "--hidden", "16", "--layers", "2",
+        "--eval-every", str(steps // 2), "--no-progress",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == steps
+    Editor.from_pretrained(out)
+    return json.loads((out / "config.json").read_text())
+
+
 def test_accelerate_launch_two_processes(tiny_zoo_dir, tmp_path):
     """Two data-parallel processes (gloo on CPU). accelerate 1.x's `--cpu` launcher starts ONE process unless
     MPI is set up (`--mpirun_hostfile`); `--multi_gpu` uses torchrun and, without GPUs, runs MULTI_CPU."""
@@ -84,18 +101,13 @@ def test_accelerate_launch_two_processes(tiny_zoo_dir, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "hubedit",
-        "train", "--zoo", str(tiny_zoo_dir), "--requirement", "fairness", "--lambda", "1.0", "--out", str(out),
-        "--steps", "6", "--models-per-step", "2", "--points-per-step", "128", "--hidden", "16", "--layers", "2",
-        "--eval-every", "3", "--no-progress",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = _accelerate_train(["--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)], tiny_zoo_dir,
+                            tmp_path / "ddp", "fairness", "1.0", 6)
     assert cfg["training"]["processes"] == 2 and cfg["training"]["best_step"] in (3, 6)
-    assert len((out / "train_log.jsonl").read_text().splitlines()) == 6
-    Editor.from_pretrained(out)
+
+
+def test_accelerate_launch_cpu_flag_runs_to_the_end(tiny_zoo_dir, tmp_path):
+    """The literal `accelerate launch --num_processes 2 --cpu` command: accelerate's simple launcher starts one
+    process here (no MPI hostfile), and training runs unchanged to the end; the two-process run is the test above."""
+    cfg = _accelerate_train(["--num_processes", "2", "--cpu"], tiny_zoo_dir, tmp_path / "cpu", "prune", "0.1", 4)
+    assert cfg["training"]["processes"] == 1 and cfg["training"]["steps"] == 4

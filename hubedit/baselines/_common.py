@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from ..evaluation.metrics import jsd
 from ..mlp import MLP
 
-__all__ = ["jsd", "clone_model", "ce_loss", "check_data"]
+__all__ = ["jsd", "clone_model", "ce_loss", "check_data", "guarded_epochs"]
 
 
 def clone_model(model: MLP) -> MLP:
@@ -30,3 +31,19 @@ def check_data(model: MLP, X: torch.Tensor, y: torch.Tensor | None = None) -> No
     model.check_input(X)
     if y is not None and y.shape != (X.shape[0],):
         raise ValueError(f"expected labels of shape ({X.shape[0]},), got {tuple(y.shape)}")
+
+
+def guarded_epochs(model: MLP, epochs: int, one_epoch: Callable[[], bool]) -> int:
+    """Run ``one_epoch()`` ``epochs`` times on ``model``. ``one_epoch`` returns False (and stops early) when a
+    step's loss is not finite; such an epoch, or one that leaves a parameter non-finite, is undone and ends
+    training: the model keeps its last finite weights. Returns the number of epochs kept.
+
+    Retraining baselines (FS & Retrain, lottery ticket) run on every zoo model, some of which sit close to
+    instability; one diverging model must not turn a whole evaluation into NaN."""
+    for e in range(int(epochs)):
+        good = {k: v.clone() for k, v in model.state_dict().items()}
+        ok = one_epoch()
+        if not ok or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            model.load_state_dict(good)
+            return e
+    return int(epochs)

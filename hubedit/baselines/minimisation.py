@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mlp import MLP
-from ._common import check_data, clone_model, jsd
+from ._common import check_data, clone_model, guarded_epochs, jsd
 
 __all__ = [
     "permutation_importance",
@@ -181,7 +181,8 @@ def fs_retrain(
     over ``X`` on ``mean JSD(teacher(X), student(X_masked))``, ``X_masked`` = ``X`` with masked columns 0.
     The masked weight columns get zero gradient (their inputs are 0) and are additionally re-zeroed after
     every step, so they are exactly zero at the end. Module in eval mode during training (dropout off,
-    BatchNorm running statistics frozen): the deployed function is what is optimised.
+    BatchNorm running statistics frozen): the deployed function is what is optimised. An epoch that
+    diverges (non-finite loss or weights) is undone and ends training (``_common.guarded_epochs``).
     Returns ``(student, kept indices)``; the teacher is untouched.
     """
     check_data(model, X, y)
@@ -200,16 +201,22 @@ def fs_retrain(
         n = len(X)
         bs = max(1, min(int(batch_size), n))
         student.eval()
+
+        def one_epoch() -> bool:
+            perm = torch.randperm(n, generator=g)
+            for start in range(0, n, bs):
+                idx = perm[start:start + bs]
+                loss = jsd(target[idx], F.softmax(student(Xm[idx]), -1)).mean()
+                opt.zero_grad(set_to_none=True)
+                if not bool(torch.isfinite(loss)):
+                    return False
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for w in in_weights:
+                        w.mul_(mask)
+            return True
+
         with torch.enable_grad():
-            for _ in range(int(epochs)):
-                perm = torch.randperm(n, generator=g)
-                for start in range(0, n, bs):
-                    idx = perm[start:start + bs]
-                    loss = jsd(target[idx], F.softmax(student(Xm[idx]), -1)).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        for w in in_weights:
-                            w.mul_(mask)
+            guarded_epochs(student, epochs, one_epoch)
     return student.eval(), kept

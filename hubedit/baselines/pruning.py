@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mlp import MLP
-from ._common import ce_loss, check_data, clone_model, jsd
+from ._common import ce_loss, check_data, clone_model, guarded_epochs, jsd
 
 __all__ = [
     "prunable_names",
@@ -287,7 +287,8 @@ def lottery_ticket_prune(
 def _train_masked(model: MLP, masks: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor | None,
                   target: torch.Tensor, *, loss: str, epochs: int, lr: float, batch_size: int,
                   generator: torch.Generator) -> None:
-    """Train ``model`` (eval mode) with the pruned weights held at exactly zero."""
+    """Train ``model`` (eval mode) with the pruned weights held at exactly zero (an epoch that
+    diverges is undone and ends training, see :func:`guarded_epochs`)."""
     if epochs <= 0:
         return
     model.eval()
@@ -295,20 +296,26 @@ def _train_masked(model: MLP, masks: dict[str, torch.Tensor], X: torch.Tensor, y
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(X)
     bs = max(1, min(int(batch_size), n))
+
+    def one_epoch() -> bool:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n, bs):
+            idx = perm[start:start + bs]
+            logits = model(X[idx])
+            if loss == "jsd":
+                lval = jsd(target[idx], torch.softmax(logits, -1)).mean()
+            else:
+                lval = F.cross_entropy(logits, y[idx].long())
+            opt.zero_grad(set_to_none=True)
+            if not bool(torch.isfinite(lval)):
+                return False
+            lval.backward()
+            for nm, w in weights.items():
+                if w.grad is not None:
+                    w.grad.mul_(masks[nm].to(w.dtype))
+            opt.step()
+            apply_masks(model, masks)
+        return True
+
     with torch.enable_grad():
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n, bs):
-                idx = perm[start:start + bs]
-                logits = model(X[idx])
-                if loss == "jsd":
-                    lval = jsd(target[idx], torch.softmax(logits, -1)).mean()
-                else:
-                    lval = F.cross_entropy(logits, y[idx].long())
-                opt.zero_grad(set_to_none=True)
-                lval.backward()
-                for nm, w in weights.items():
-                    if w.grad is not None:
-                        w.grad.mul_(masks[nm].to(w.dtype))
-                opt.step()
-                apply_masks(model, masks)
+        guarded_epochs(model, epochs, one_epoch)

@@ -320,14 +320,16 @@ def validate_card(card, *, remote: bool = False, repo_type: str = "model") -> di
     except ValueError as exc:
         raise CardValidationError(f"the card's metadata holds NaN/Inf: {exc}") from exc
     if remote and not constants.HF_HUB_OFFLINE:
+        import httpx2
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
             RepoCard(text).validate(repo_type=repo_type)
         except ValueError as exc:
             raise CardValidationError(f"the Hub at {constants.ENDPOINT} rejected the card's metadata: {exc}") from exc
-        except (HfHubHTTPError, OSError) as exc:
+        except (HfHubHTTPError, OSError, httpx2.TransportError) as exc:
             from ..hub import HubError
 
-            raise HubError(f"could not validate the card on {constants.ENDPOINT}: {exc}") from exc
+            raise HubError(f"could not validate the card on {constants.ENDPOINT}, the endpoint is unreachable or "
+                           f"failed ({type(exc).__name__}: {exc})") from exc
     return data
