@@ -377,8 +377,9 @@ def conditioned_rows(results: dict, editors: dict) -> list[list]:
             per_s = sum(e.settings["training"].get("seconds") or 0 for e in eds if e.lam is not None and _label(e) == name)
             cond_s = sum(e.settings["training"].get("seconds") or 0 for e in eds if e.lam is None and _label(e) == cond)
             n_per = sum(1 for e in eds if e.lam is not None and _label(e) == name)
+            dom = res.dominance_table()
             rows.append([setting, name, n_per, res.hypervolumes[name], round(per_s, 1), res.hypervolumes[cond], round(cond_s, 1),
-                         res.hypervolumes[cond] - res.hypervolumes[name], res.dominance_table().loc[cond, name]])
+                         res.hypervolumes[cond] - res.hypervolumes[name], dom.loc[cond, name], dom.loc[name, cond]])
     return rows
 
 
@@ -477,7 +478,8 @@ def write_report(path: Path, *, args, plan: Plan, argv: list[str], started: str,
                       "lambda-conditioned editor's front (evaluated at its lambda grid), with their training seconds.", "",
                       tabulate(crow, headers=["setting", "method", "per-lambda editors", "per-lambda HV", "per-lambda train s",
                                               "conditioned HV", "conditioned train s", "HV difference",
-                                              "share of per-lambda front dominated by conditioned"],
+                                              "share of per-lambda front dominated by conditioned",
+                                              "share of conditioned front dominated by per-lambda"],
                                tablefmt="github", floatfmt=".4f"), ""]
     if matched:
         lines += ["## Matched comparisons: editors against a baseline at the same level, model by model", "",
