@@ -7,6 +7,8 @@ and endpoint were asked for, and publishes a prepared folder in exactly one comm
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HubeditError
@@ -26,7 +28,7 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
-def _describe(repo_id: str, repo_type: str, revision: str | None) -> str:
+def describe_repo(repo_id: str, repo_type: str, revision: str | None) -> str:
     return f"{repo_type} repo {repo_id!r} (revision {revision or 'main'}) on {endpoint()}"
 
 
@@ -48,7 +50,7 @@ def snapshot(
         RevisionNotFoundError,
     )
 
-    what = _describe(repo_id, repo_type, revision)
+    what = describe_repo(repo_id, repo_type, revision)
     try:
         folder = Path(
             snapshot_download(
@@ -84,13 +86,10 @@ def publish_folder(
     The Hub applies a commit atomically, so an interrupted or failed upload leaves the repo as it was:
     nothing is half-published. Returns the client's ``CommitInfo``.
     """
-    import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
-    what = _describe(repo_id, repo_type, revision)
-    try:
+    with committing(describe_repo(repo_id, repo_type, revision)):
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         if revision and create_branch:
             api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
@@ -98,8 +97,20 @@ def publish_folder(
             repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=revision,
             commit_message=commit_message,
         )
+
+
+@contextmanager
+def committing(what: str) -> Iterator[None]:
+    """Raise the Hub's failures inside the block -- HTTP errors, offline mode, connection errors -- as
+    :class:`HubError` saying that publishing to ``what`` (see :func:`describe_repo`) committed nothing. A Hub
+    commit is atomic, so a failed upload leaves the repo as it was."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
     except HfHubHTTPError as exc:
-        raise HubError(f"publishing to {what} failed, the repo is unchanged: {exc}") from exc
+        raise HubError(f"publishing to {what} failed, nothing was committed, the repo is unchanged: {exc}") from exc
     except OfflineModeIsEnabled as exc:
         raise HubError(f"cannot publish to {what}: HF_HUB_OFFLINE is set ({exc})") from exc
     except httpx2.TransportError as exc:  # connection refused, DNS, timeouts: the client's transport errors

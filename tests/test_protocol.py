@@ -281,7 +281,7 @@ def test_baselines_in_worker_processes_give_the_same_points(zoo):
 # --------------------------------------------------------------------------------------------------
 def test_matched_pruning_is_magnitude_at_the_editors_per_model_count(zoo):
     from hubedit.baselines import magnitude_prune
-    from hubedit.evaluation.matched import _magnitude_at, matched_comparison
+    from hubedit.evaluation.matched import matched_comparison
     from hubedit.evaluation.metrics import jsd
 
     ref = zoo["test"][0].to_module()
@@ -310,8 +310,8 @@ def test_matched_pruning_is_magnitude_at_the_editors_per_model_count(zoo):
     assert row["editor_jsd"] == pytest.approx(np.mean(e_jsd), rel=1e-6)
     assert row["editor_better_share"] == pytest.approx(np.mean(np.asarray(e_jsd) < np.asarray(b_jsd)))
     assert row["informative"] and "Magnitude JSD" in res.report_markdown()
-    # keeping nothing is allowed for the matched baseline (magnitude_prune itself needs keep > 0)
-    empty = _magnitude_at(ref, 0)
+    # keeping nothing is allowed by count (a fraction keep must be > 0)
+    empty = magnitude_prune(ref, n_keep=0)
     assert all(float(p.abs().sum()) == 0 for n, p in empty.named_parameters() if n.endswith("weight") and p.dim() == 2)
     assert type(res).from_dict(json.loads(json.dumps(res.to_dict()))).rows == res.rows
 

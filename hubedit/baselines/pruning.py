@@ -127,9 +127,15 @@ def global_topk_masks(model: MLP, scores: dict[str, torch.Tensor], k: int,
     return out
 
 
-def _prune_by_scores(model: MLP, keep: float, score_fn: Callable[[MLP], dict[str, torch.Tensor]]) -> MLP:
+def _prune_by_scores(model: MLP, keep: float | None, score_fn: Callable[[MLP], dict[str, torch.Tensor]],
+                     n_keep: int | None = None) -> MLP:
+    """Keep the highest-scoring weights: ``n_kept(n_weights, keep)`` of them, or exactly ``n_keep`` (0 allowed)."""
     out = clone_model(model)
-    k = n_kept(out.n_weights, keep)
+    if (keep is None) == (n_keep is None):
+        raise ValueError("give exactly one of keep (a fraction) and n_keep (a number of weights)")
+    if n_keep is not None and not 0 <= int(n_keep) <= out.n_weights:
+        raise ValueError(f"n_keep must be in 0..{out.n_weights}, got {n_keep}")
+    k = n_kept(out.n_weights, keep) if n_keep is None else int(n_keep)
     masks = global_topk_masks(out, score_fn(out), k)
     apply_masks(out, masks)
     return out.eval()
@@ -145,9 +151,10 @@ def random_prune(model: MLP, keep: float, seed: int = 0) -> MLP:
     return _prune_by_scores(model, keep, scores)
 
 
-def magnitude_prune(model: MLP, keep: float) -> MLP:
-    """Keep the ``n_kept`` weights of largest ``|w|`` globally."""
-    return _prune_by_scores(model, keep, lambda m: {n: w.detach().abs() for n, w in _weights(m).items()})
+def magnitude_prune(model: MLP, keep: float | None = None, *, n_keep: int | None = None) -> MLP:
+    """Keep the ``n_kept`` weights of largest ``|w|`` globally (or exactly ``n_keep`` of them, 0 allowed: used to
+    match another method's per-model weight count)."""
+    return _prune_by_scores(model, keep, lambda m: {n: w.detach().abs() for n, w in _weights(m).items()}, n_keep)
 
 
 def _loss_grads(model: MLP, X: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

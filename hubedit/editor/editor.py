@@ -262,16 +262,10 @@ class Editor(
     def push_to_hub(self, repo_id: str, *args, **kwargs):
         """The mixin's ``push_to_hub`` (weights, config and card in one commit), with Hub and connection
         failures raised as :class:`hubedit.hub.HubError` naming the repo and endpoint (the repo is unchanged)."""
-        import httpx2
-        from huggingface_hub.errors import HfHubHTTPError
+        from ..hub import committing, describe_repo
 
-        from ..hub import HubError, endpoint
-
-        try:
+        with committing(describe_repo(repo_id, "model", kwargs.get("branch"))):
             return super().push_to_hub(repo_id, *args, **kwargs)
-        except (HfHubHTTPError, httpx2.TransportError) as exc:
-            raise HubError(f"pushing the editor to model repo {repo_id!r} on {endpoint()} failed, nothing was "
-                           f"committed ({type(exc).__name__}: {exc})") from exc
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model

@@ -86,21 +86,6 @@ class MatchedResult:
         return cls(d["requirement"], d["baseline"], d["split"], int(d["n_models"]), list(d["rows"]))
 
 
-def _magnitude_at(model, k: int):
-    """Magnitude pruning of ``model`` keeping exactly ``k`` weights (``k`` may be 0)."""
-    from ..baselines import pruning as P
-
-    out = P.clone_model(model)
-    masks = P.global_topk_masks(out, {n: w.detach().abs() for n, w in P._weights(out).items()}, int(k))
-    return P.apply_masks(out, masks).eval()
-
-
-def _n_nonzero_weights(model) -> int:
-    from ..baselines import pruning as P
-
-    return int(sum(int((w.detach() != 0).sum()) for w in P._weights(model).values()))
-
-
 def matched_comparison(
     zoo,
     editors,
@@ -144,7 +129,7 @@ def matched_comparison(
             b_jsd, b_acc, levels, full = [], [], [], []
             for i, (orig, ed) in enumerate(zip(models, edited)):
                 if requirement == "prune":
-                    k, n = _n_nonzero_weights(ed), orig.n_weights
+                    k, n = sum(int(m.sum()) for m in B.masks_of(ed).values()), orig.n_weights
                     levels.append(k / n)
                 else:
                     k, n = kept_features(ed), orig.config.in_features
@@ -152,7 +137,7 @@ def matched_comparison(
                 full.append((k == 0, k >= n))
                 if (i, k) not in baseline_cache:
                     if requirement == "prune":
-                        base = _magnitude_at(orig, k)
+                        base = B.magnitude_prune(orig, n_keep=k)
                     else:
                         if i not in importance:
                             importance[i] = B.permutation_importance(orig, Xe, ye, n_repeats=pfi_repeats, seed=seed)
