@@ -218,6 +218,30 @@ def _cache_key(cfg, editors, baselines) -> dict:
     }
 
 
+def read_cache(cache: Path, key, key_of, args, log: Log, who: str, what: str) -> dict | None:
+    """The cached result dict in ``cache`` if ``key_of(dict)`` equals ``key`` (and not ``--force-eval``); a damaged
+    or stale cache gives None (recompute)."""
+    if not cache.is_file() or args.force_eval:
+        return None
+    try:
+        d = json.loads(cache.read_text())
+        if key_of(d) == json.loads(json.dumps(key)):
+            log(f"  {who}: reusing {what} {cache}")
+            return d
+    except Exception as exc:  # a damaged cache is recomputed
+        log(f"  {who}: ignoring unreadable cache {cache} ({exc})")
+    return None
+
+
+def write_cache(cache: Path, d: dict) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(d, indent=2, default=str))
+
+
+def _info_key(d: dict):
+    return d.get("info", {}).get("cache_key")
+
+
 def run_setting(setting: str, zoo, editors, plan: Plan, args, work: Path, log: Log):
     from hubedit.evaluation.protocol import SETTINGS, ProtocolConfig, ProtocolResult, default_lambda_grid, run_protocol
 
@@ -227,18 +251,12 @@ def run_setting(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
                                     "seed": args.seed})
     key = _cache_key(cfg, editors, "all")
     cache = work / "eval" / f"{setting}.json"
-    if cache.is_file() and not args.force_eval:
-        try:
-            res = ProtocolResult.load(cache)
-            if res.info.get("cache_key") == json.loads(json.dumps(key)):
-                log(f"  {setting}: reusing evaluation {cache}")
-                return res
-        except Exception as exc:  # a damaged cache is recomputed
-            log(f"  {setting}: ignoring unreadable cache {cache} ({exc})")
+    d = read_cache(cache, key, _info_key, args, log, setting, "evaluation")
+    if d is not None:
+        return ProtocolResult.from_dict(d)
     res = run_protocol(zoo, requirement, editors, baselines="all", config=cfg, progress=args.progress)
     res.info["cache_key"] = key
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(res.to_dict(), indent=2, default=str))
+    write_cache(cache, res.to_dict())
     log(f"  {setting}: evaluated in {res.info['seconds']:.1f} s")
     return res
 
@@ -252,17 +270,14 @@ def run_matched(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
     grid = default_lambda_grid(plan.lam_ranges[requirement], plan.lambda_grid_points)
     options = {"max_models": plan.protocol.get("max_models"), "seed": args.seed, "lambda_grid": list(grid),
                "pfi_repeats": plan.protocol.get("pfi_repeats", 5)}
-    key = json.loads(json.dumps({"options": options, "editors": _editors_key(editors)}))
+    key = {"options": options, "editors": _editors_key(editors)}
     cache = work / "eval" / f"{setting}-matched.json"
-    if cache.is_file() and not args.force_eval:
-        d = json.loads(cache.read_text())
-        if d.get("cache_key") == key:
-            log(f"  {setting}: reusing matched comparison {cache}")
-            return MatchedResult.from_dict(d)
+    d = read_cache(cache, key, lambda d: d.get("cache_key"), args, log, setting, "matched comparison")
+    if d is not None:
+        return MatchedResult.from_dict(d)
     t = time.perf_counter()
     res = matched_comparison(zoo, editors, requirement, **options)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({**res.to_dict(), "cache_key": key}, indent=2))
+    write_cache(cache, {**res.to_dict(), "cache_key": key})
     log(f"  {setting}: matched comparison in {time.perf_counter() - t:.1f} s")
     return res
 
@@ -270,19 +285,25 @@ def run_matched(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
 # ======================================================================================================
 # report
 # ======================================================================================================
+def best_methods(res) -> tuple[str, str, str] | None:
+    """(best editor, best baseline, best baseline on the baselines' range) by test hypervolume, among methods with
+    a front; None when the setting lacks editors or baselines."""
+    hvs, chv = res.hypervolumes, res.common_hypervolumes
+    eds = [e for e in res.editor_methods if len(res.methods[e].test_front)]
+    bases = [b for b in res.baseline_methods if len(res.methods[b].test_front)]
+    if not eds or not bases:
+        return None
+    return max(eds, key=hvs.__getitem__), max(bases, key=hvs.__getitem__), max(bases, key=chv.__getitem__)
+
+
 def summary_rows(results: dict) -> list[dict]:
     rows = []
     for setting, res in results.items():
-        hvs = res.hypervolumes
-        eds = [e for e in res.editor_methods if len(res.methods[e].test_front)]
-        bases = [b for b in res.baseline_methods if len(res.methods[b].test_front)]
-        if not eds or not bases:
+        best = best_methods(res)
+        if best is None:
             continue
-        be = max(eds, key=lambda e: hvs[e])
-        bb = max(bases, key=lambda b: hvs[b])
-        dom = res.dominance_table()
-        chv = res.common_hypervolumes
-        bbc = max(bases, key=lambda b: chv[b])
+        be, bb, bbc = best
+        hvs, chv, dom = res.hypervolumes, res.common_hypervolumes, res.dominance_table()
         rows.append({
             "setting": setting, "best editor": be, "editor HV": hvs[be], "best baseline": bb, "baseline HV": hvs[bb],
             "HV difference": hvs[be] - hvs[bb], "editor ≥ every baseline": "yes" if hvs[be] >= hvs[bb] else "NO",
@@ -298,14 +319,11 @@ def coverage_notes(results: dict) -> list[str]:
 
     notes = []
     for setting, res in results.items():
-        hvs, chv = res.hypervolumes, res.common_hypervolumes
-        eds = [e for e in res.editor_methods if len(res.methods[e].test_front)]
-        bases = [b for b in res.baseline_methods if len(res.methods[b].test_front)]
-        if not eds or not bases:
+        best = best_methods(res)
+        if best is None:
             continue
-        be = max(eds, key=lambda e: hvs[e])
-        bb = max(bases, key=lambda b: hvs[b])
-        bbc = max(bases, key=lambda b: chv[b])
+        be, bb, bbc = best
+        hvs, chv = res.hypervolumes, res.common_hypervolumes
         if hvs[be] >= hvs[bb] and chv[be] >= chv[bbc]:
             continue
         ef, bf = res.methods[be].test_front, res.methods[bb].test_front
@@ -609,19 +627,15 @@ def main(argv: list[str] | None = None) -> int:
         options = dict(dm_lambdas=lam_grid("minimise"), prune_lambdas=lam_grid("prune"), dm_baseline="fs-retrain",
                        prune_baseline="magnitude", prune_keeps=tuple(c.get("prune_keeps", (0.7, 0.5, 0.3, 0.2, 0.1, 0.05))),
                        fs_retrain_epochs=c.get("fs_retrain_epochs", 100), max_models=c.get("max_models"), seed=args.seed)
-        key = json.loads(json.dumps({"options": options, "editors": _editors_key(dm_sel + pr_sel)}))
+        key = {"options": options, "editors": _editors_key(dm_sel + pr_sel)}
         cache = work / "eval" / "composition.json"
-        composition = None
-        if cache.is_file() and not args.force_eval:
-            cached = CompositionResult.from_dict(json.loads(cache.read_text()))
-            if cached.info.get("cache_key") == key:
-                composition = cached
-                log(f"  composition: reusing evaluation {cache}")
-        if composition is None:
+        d = read_cache(cache, key, _info_key, args, log, "composition", "evaluation")
+        if d is not None:
+            composition = CompositionResult.from_dict(d)
+        else:
             composition = run_composition(zoos["adult"], dm_sel, pr_sel, progress=args.progress, **options)
             composition.info["cache_key"] = key
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(composition.to_dict(), indent=2, default=str))
+            write_cache(cache, composition.to_dict())
         composition.save(results_dir)
         log(f"  composition: {len(composition.rows)} points, checks {composition.checks()}")
 
