@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -31,7 +30,6 @@ from .pareto import DEFAULT_REF, hypervolume, to_markdown
 from .protocol import (
     ProtocolConfig,
     ProtocolResult,
-    _json_default,
     _subset,
     _zoo_label,
     editor_runs,
@@ -39,6 +37,7 @@ from .protocol import (
     machine_info,
     run_protocol,
     weights_kept,
+    write_result_files,
 )
 
 __all__ = [
@@ -157,13 +156,8 @@ class CompositionResult:
         return cls(d["task"], int(d["n_features"]), list(d["rows"]), dict(d.get("info", {})))
 
     def save(self, out: str | os.PathLike, *, prefix: str = "composition") -> dict[str, Path]:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"plot": out / f"{prefix}.png", "report": out / f"{prefix}.md", "json": out / f"{prefix}.json"}
-        self.plot(paths["plot"])
-        paths["report"].write_text(self.report_markdown(plot_path=paths["plot"].name) + "\n")
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-        return paths
+        return write_result_files(out, f"{prefix}.png", f"{prefix}.md", f"{prefix}.json", plot=self.plot,
+                                  report=self.report_markdown, data=self.to_dict())
 
 
 def _measure(models, originals_probs, X, y) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -430,13 +424,8 @@ class SampleEfficiencyResult:
         return cls(ProtocolResult.from_dict(d["protocol"]), dict(d["fractions"]), dict(d["train_models"]))
 
     def save(self, out: str | os.PathLike, *, prefix: str = "sample_efficiency") -> dict[str, Path]:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"plot": out / f"{prefix}.png", "report": out / f"{prefix}.md", "json": out / f"{prefix}.json"}
-        self.protocol.plot(paths["plot"])
-        paths["report"].write_text(self.report_markdown(plot_path=paths["plot"].name) + "\n")
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-        return paths
+        return write_result_files(out, f"{prefix}.png", f"{prefix}.md", f"{prefix}.json", plot=self.protocol.plot,
+                                  report=self.report_markdown, data=self.to_dict())
 
 
 def run_sample_efficiency(

@@ -64,6 +64,7 @@ __all__ = [
     "kept_features",
     "weights_kept",
     "default_lambda_grid",
+    "write_result_files",
 ]
 
 #: The paper's five settings: name -> (task, requirement).
@@ -488,13 +489,8 @@ class ProtocolResult:
 
     def save(self, out: str | os.PathLike, *, prefix: str = "") -> dict[str, Path]:
         """Write ``{prefix}report.md``, ``{prefix}results.json`` and ``{prefix}pareto.png`` into ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"plot": out / f"{prefix}pareto.png", "report": out / f"{prefix}report.md", "json": out / f"{prefix}results.json"}
-        self.plot(paths["plot"])
-        paths["report"].write_text(self.report_markdown(plot_path=paths["plot"].name) + "\n")
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-        return paths
+        return write_result_files(out, f"{prefix}pareto.png", f"{prefix}report.md", f"{prefix}results.json",
+                                  plot=self.plot, report=self.report_markdown, data=self.to_dict())
 
     def merged(self, other: "ProtocolResult", names: Sequence[str] | None = None) -> "ProtocolResult":
         """A copy with ``other``'s methods (``names``, default all) added; both must have evaluated the same
@@ -513,6 +509,19 @@ class ProtocolResult:
         notes.update({n: t for n, t in other.timing_notes.items() if names is None or n in names})
         return ProtocolResult(self.task, self.requirement, self.metric_name, self.metric_label, self.x_scale, methods,
                               timing, notes, dict(self.info))
+
+
+def write_result_files(out: str | os.PathLike, plot_name: str, report_name: str, json_name: str, *,
+                       plot: Callable[[Path], Any], report: Callable[..., str], data: dict) -> dict[str, Path]:
+    """Write a result's plot (``plot(path)``), Markdown report (``report(plot_path=...)``, linking the plot) and
+    JSON ``data`` into ``out``; returns ``{"plot", "report", "json"}`` paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"plot": out / plot_name, "report": out / report_name, "json": out / json_name}
+    plot(paths["plot"])
+    paths["report"].write_text(report(plot_path=paths["plot"].name) + "\n")
+    paths["json"].write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return paths
 
 
 def _json_default(o):
