@@ -70,9 +70,20 @@ def single_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_adult_zoo(tmp_path_factory):
-    """A tiny Adult zoo (9 configurations x 2 epochs), built once per test session."""
+def _tiny_adult_build(tmp_path_factory):
     from hubedit.zoo.build import build_zoo
 
-    return build_zoo("adult", "tiny", tmp_path_factory.mktemp("zoo") / "adult-tiny", seed=0, progress=False,
-                     n_configs=9, epochs=2)
+    out = tmp_path_factory.mktemp("zoo") / "adult-tiny"
+    return out, build_zoo("adult", "tiny", out, seed=0, progress=False, n_configs=9, epochs=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_adult_zoo(_tiny_adult_build):
+    """A tiny Adult zoo (9 configurations x 2 epochs), built once per test session."""
+    return _tiny_adult_build[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_adult_zoo_dir(_tiny_adult_build):
+    """The folder :func:`tiny_adult_zoo` is saved in (read-only for tests)."""
+    return _tiny_adult_build[0]

@@ -1,5 +1,5 @@
 """The evaluation protocol (hubedit.evaluation.protocol), composition and sample efficiency
-(hubedit.evaluation.experiments) and `hubedit pareto`, on a tiny zoo built once for this module.
+(hubedit.evaluation.experiments) and `hubedit pareto`, on the session's tiny Adult zoo (conftest).
 
 Editors are fresh ones whose mask-head biases are set so that they drop about half of the features /
 weights (deterministic, no training needed), and one briefly trained editor for the CLI.
@@ -41,17 +41,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    from hubedit.zoo.build import build_zoo
-
-    out = tmp_path_factory.mktemp("protocol-zoo") / "adult"
-    build_zoo("adult", "tiny", out, seed=0, progress=False, n_configs=9, epochs=2)
-    return out
-
-
-@pytest.fixture(scope="module")
-def zoo(zoo_dir):
-    z = Zoo.load(zoo_dir)
+def zoo(tiny_adult_zoo_dir):
+    z = Zoo.load(tiny_adult_zoo_dir)
     assert len(z["validation"]) and len(z["test"])
     return z
 
@@ -241,7 +232,7 @@ def test_sample_efficiency_and_resumed_training(zoo, tmp_path):
     assert all(p.is_file() for p in paths.values())
 
 
-def test_pareto_cli_writes_report_json_and_plot(zoo_dir, zoo, tmp_path):
+def test_pareto_cli_writes_report_json_and_plot(tiny_adult_zoo_dir, zoo, tmp_path):
     from hubedit.cli import main
 
     ed_dir = tmp_path / "editor"
@@ -249,7 +240,7 @@ def test_pareto_cli_writes_report_json_and_plot(zoo_dir, zoo, tmp_path):
     cond_dir = tmp_path / "conditioned"
     half_mask_editor("prune", zoo["test"][0].to_module(), lam_range=[0.01, 1.0]).save_pretrained(cond_dir)
     out = tmp_path / "pareto"
-    rc = main(["pareto", "--zoo", str(zoo_dir), "--editor", str(ed_dir), "--editor", str(cond_dir),
+    rc = main(["pareto", "--zoo", str(tiny_adult_zoo_dir), "--editor", str(ed_dir), "--editor", str(cond_dir),
                "--lambda-grid", "0.05", "0.5", "--baselines", "magnitude", "random", "--max-models", "2",
                "--prune-keeps", "0.5,0.1", "--timing-models", "1", "--out", str(out), "--no-progress"])
     assert rc == 0
@@ -261,9 +252,9 @@ def test_pareto_cli_writes_report_json_and_plot(zoo_dir, zoo, tmp_path):
     assert set(data["timing"]) == set(data["methods"])
     assert "![" in (out / "report.md").read_text()
     # baselines only, and a clear error without a requirement
-    assert main(["pareto", "--zoo", str(zoo_dir), "--requirement", "prune", "--baselines", "random", "--max-models",
+    assert main(["pareto", "--zoo", str(tiny_adult_zoo_dir), "--requirement", "prune", "--baselines", "random", "--max-models",
                  "1", "--prune-keeps", "0.5", "--timing-models", "0", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
-    assert main(["pareto", "--zoo", str(zoo_dir), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert main(["pareto", "--zoo", str(tiny_adult_zoo_dir), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
 
 
 def test_baselines_in_worker_processes_give_the_same_points(zoo):
