@@ -34,7 +34,7 @@ from ..tasks import load_task
 from .presets import ZooPreset, get_preset
 from .records import Checkpoint, ZooConfig
 from .sampling import sample_configs
-from .trainer import group_cost, plan_groups, train_group, training_data
+from .trainer import TRAINER_REVISION, group_cost, plan_groups, train_group, training_data
 
 __all__ = ["build_zoo", "build_checkpoints", "BUILD_DIR"]
 
@@ -68,13 +68,14 @@ def _manifest(task: str, preset: ZooPreset, seed: int, configs: list[ZooConfig],
         "n_configs": len(configs),
         "configs_sha256": _configs_digest(configs),
         "plan": plan,
+        "trainer_revision": TRAINER_REVISION,
         "hubedit_version": _hubedit_version(),
         "torch_version": torch.__version__,
         "configs": [c.to_dict() for c in configs],
     }
 
 
-_CHECKED_FIELDS = ("task", "seed", "preset", "compile", "n_configs", "configs_sha256", "plan")
+_CHECKED_FIELDS = ("task", "seed", "preset", "compile", "n_configs", "configs_sha256", "plan", "trainer_revision")
 
 
 def _check_manifest(path: Path, wanted: dict) -> None:
@@ -93,6 +94,12 @@ def _check_manifest(path: Path, wanted: dict) -> None:
                 diffs.append(
                     f"the training-group plan differs (built by hubedit {have.get('hubedit_version')}, this is "
                     f"{wanted.get('hubedit_version')}: versions may plan groups differently)"
+                )
+            elif key == "trainer_revision":
+                diffs.append(
+                    f"the trainer's arithmetic changed (revision {have.get(key)} -> {wanted[key]}, hubedit "
+                    f"{have.get('hubedit_version')} -> {wanted.get('hubedit_version')}): groups trained by both "
+                    "would not reproduce one build"
                 )
             elif key == "preset":
                 a, b = have.get(key) or {}, wanted[key]
