@@ -33,6 +33,7 @@ if "--warm-cache" not in sys.argv:  # a fresh inductor cache: compilation is tim
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="hubedit-bench-inductor-")
 
 import argparse
+import math
 import random
 import resource
 import statistics
@@ -108,13 +109,24 @@ def time_group(configs, X, y, steps, backend):
 
 
 def time_plain(config, task, X, y, steps):
-    """CPU seconds per step of the plain per-model loop (after two warm-up steps)."""
-    one_epoch = replace(config, train=replace(config.train, epochs=1), checkpoint_epochs=(1,))
+    """CPU seconds per step of the plain per-model loop: at least ``steps`` optimiser steps (over as many
+    epochs as that takes: Bank has only 11 batches of 256 per epoch), less the same loop run with no steps
+    (model construction, optimiser, per-epoch shuffles, the final checkpoint), after a warm-up."""
+    per_epoch = steps_per_epoch(len(y), config.train.batch_size)
+    if per_epoch >= steps:  # the first `steps` batches of one epoch
+        epochs, cap, n_steps = 1, steps, steps
+    else:  # whole epochs
+        epochs = math.ceil(steps / per_epoch)
+        cap, n_steps = None, epochs * per_epoch
+    run = replace(config, train=replace(config.train, epochs=epochs), checkpoint_epochs=(epochs,))
     with _single_thread():
-        train_single(one_epoch, task, data=(X, y), evaluate=False, max_steps_per_epoch=2)
+        train_single(run, task, data=(X, y), evaluate=False, max_steps_per_epoch=2)  # warm-up
         t0 = time.process_time()
-        train_single(one_epoch, task, data=(X, y), evaluate=False, max_steps_per_epoch=steps)
-        return (time.process_time() - t0) / steps
+        train_single(run, task, data=(X, y), evaluate=False, max_steps_per_epoch=0)
+        t1 = time.process_time()
+        train_single(run, task, data=(X, y), evaluate=False, max_steps_per_epoch=cap)
+        t2 = time.process_time()
+    return max(t2 - t1 - (t1 - t0), 0.0) / n_steps
 
 
 def time_eval(checkpoint_models, sets):
@@ -205,8 +217,15 @@ def bench_task(task_name, args, rng):
     for c in configs:
         bs_count[c.train.batch_size] += 1
     plain_cpu = preset.epochs * sum(n * statistics.mean(plain_by_bs[bs]) for bs, n in bs_count.items() if plain_by_bs.get(bs))
+    by_bs = defaultdict(lambda: [0, 0.0, 0.0])  # batch size -> [models, batched s/epoch, plain s/epoch]
+    for m in measured.values():
+        acc = by_bs[m["bs"]]
+        acc[0] += m["G"]
+        acc[1] += m["epoch_s"]
+        acc[2] += m["plain_epoch_s"]
     return dict(
         task=task_name, rows=rows, batched=batched_model_epochs_per_s, plain=plain_model_epochs_per_s,
+        by_bs={bs: tuple(v) for bs, v in sorted(by_bs.items())},
 
         n_plain=n_plain, calib={bs: statistics.mean(v) for bs, v in calib.items()},
         train_cpu=train_cpu, compile_cpu=compile_cpu, eval_cpu=eval_cpu, shuffle_cpu=shuffle_cpu,
@@ -243,6 +262,15 @@ def main(argv=None) -> int:
                       f"{res['batched'] / res['plain']:.1f}x", res["n_plain"]])
     print(tabulate(table, headers=["task", "batched models/h (60 ep)", "per-model loop models/h (60 ep)", "ratio",
                                    "per-model configs timed"]))
+    print("\nBy batch size (same configurations; the per-model loop's cost per epoch falls with the batch size, "
+          "the batched trainer's hardly does):")
+    table = []
+    for res in results:
+        for bs, (n, batched_s, plain_s) in res["by_bs"].items():
+            table.append([res["task"], bs, n, f"{batched_s / n * 1e3:.1f}", f"{plain_s / n * 1e3:.1f}",
+                          f"{plain_s / batched_s:.1f}x"])
+    print(tabulate(table, headers=["task", "batch", "models", "batched ms/model-epoch", "per-model loop ms/model-epoch",
+                                   "ratio"]))
     print("\nProjected `paper` preset build (4000 configs x 60 epochs, 12,000 checkpoints) on this machine:")
     table = []
     for res in results:
