@@ -59,7 +59,6 @@ from hubedit.zoo.trainer import (
     gather_batch,
     group_cost,
     plan_groups,
-    serialise,
     steps_per_epoch,
     train_single,
     training_data,
@@ -134,7 +133,7 @@ def time_eval(checkpoint_models, sets):
     with _single_thread():
         t0 = time.process_time()
         for m in checkpoint_models:
-            evaluate_blob(serialise(m), sets)
+            evaluate_blob(m.to_bytes(), sets)
         return (time.process_time() - t0) / len(checkpoint_models)
 
 
@@ -182,9 +181,15 @@ def bench_task(task_name, args, rng):
         plain_by_bs[m["bs"]] += epochs
         m["plain_epoch_s"] = m["G"] * statistics.mean(epochs)  # the whole group, one model after the other
     # batched vs plain, one core each, steady state, on the same configurations: the groups' models trained
-    # one after the other take sum(plain_epoch_s), as one batched group each sum(epoch_s)
-    batched_model_epochs_per_s = sum(m["G"] for m in measured.values()) / sum(m["epoch_s"] for m in measured.values())
-    plain_model_epochs_per_s = sum(m["G"] for m in measured.values()) / sum(m["plain_epoch_s"] for m in measured.values())
+    # one after the other take sum(plain_epoch_s), as one batched group each sum(epoch_s); also per batch size
+    by_bs = defaultdict(lambda: [0, 0.0, 0.0])  # batch size -> [models, batched s/epoch, plain s/epoch]
+    for m in measured.values():
+        acc = by_bs[m["bs"]]
+        acc[0] += m["G"]
+        acc[1] += m["epoch_s"]
+        acc[2] += m["plain_epoch_s"]
+    n_models, batched_s, plain_s = (sum(v[k] for v in by_bs.values()) for k in range(3))
+    batched_model_epochs_per_s, plain_model_epochs_per_s = n_models / batched_s, n_models / plain_s
 
     # projection of the whole paper build
     sets = evaluation_data(task)
@@ -217,17 +222,9 @@ def bench_task(task_name, args, rng):
     for c in configs:
         bs_count[c.train.batch_size] += 1
     plain_cpu = preset.epochs * sum(n * statistics.mean(plain_by_bs[bs]) for bs, n in bs_count.items() if plain_by_bs.get(bs))
-    by_bs = defaultdict(lambda: [0, 0.0, 0.0])  # batch size -> [models, batched s/epoch, plain s/epoch]
-    for m in measured.values():
-        acc = by_bs[m["bs"]]
-        acc[0] += m["G"]
-        acc[1] += m["epoch_s"]
-        acc[2] += m["plain_epoch_s"]
     return dict(
         task=task_name, rows=rows, batched=batched_model_epochs_per_s, plain=plain_model_epochs_per_s,
-        by_bs={bs: tuple(v) for bs, v in sorted(by_bs.items())},
-
-        n_plain=n_plain, calib={bs: statistics.mean(v) for bs, v in calib.items()},
+        by_bs={bs: tuple(v) for bs, v in sorted(by_bs.items())}, n_plain=n_plain, calib={bs: statistics.mean(v) for bs, v in calib.items()},
         train_cpu=train_cpu, compile_cpu=compile_cpu, eval_cpu=eval_cpu, shuffle_cpu=shuffle_cpu,
         total_cpu=total_cpu, wall_h=wall_h, plain_wall_h=plain_cpu / 3600, n_groups=len(plan), n_compiled=n_compiled,
     )

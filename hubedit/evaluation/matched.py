@@ -26,7 +26,7 @@ import torch
 
 from .metrics import jsd
 from .pareto import to_markdown
-from .protocol import _subset, editor_runs, kept_features
+from .protocol import _subset, editor_runs, kept_features, nonzero_weights
 
 __all__ = ["MatchedResult", "matched_comparison", "MATCHED_BASELINES"]
 
@@ -129,7 +129,7 @@ def matched_comparison(
             b_jsd, b_acc, levels, full = [], [], [], []
             for i, (orig, ed) in enumerate(zip(models, edited)):
                 if requirement == "prune":
-                    k, n = sum(int(m.sum()) for m in B.masks_of(ed).values()), orig.n_weights
+                    k, n = nonzero_weights(ed), orig.n_weights
                     levels.append(k / n)
                 else:
                     k, n = kept_features(ed), orig.config.in_features

@@ -63,6 +63,7 @@ __all__ = [
     "run_protocol",
     "kept_features",
     "weights_kept",
+    "nonzero_weights",
     "default_lambda_grid",
     "write_result_files",
 ]
@@ -180,12 +181,16 @@ def kept_features(model) -> int:
     return int(used.sum())
 
 
-def weights_kept(model) -> float:
-    """Fraction of non-zero weights (linear and skip matrices; biases and norms excluded)."""
+def nonzero_weights(model) -> int:
+    """Number of non-zero weights (linear and skip matrices; biases and norms excluded)."""
     from ..baselines import masks_of
 
-    kept = sum(int(m.sum()) for m in masks_of(model).values())
-    return kept / model.n_weights
+    return sum(int(m.sum()) for m in masks_of(model).values())
+
+
+def weights_kept(model) -> float:
+    """Fraction of non-zero weights (:func:`nonzero_weights` over ``model.n_weights``)."""
+    return nonzero_weights(model) / model.n_weights
 
 
 # ==================================================================================================

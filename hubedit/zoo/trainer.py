@@ -39,8 +39,8 @@ number of steps) as one computation in which every tensor has a leading model ax
   :func:`plan_groups` chooses the groups by dynamic programming over a calibrated cost model.
 
 At each checkpoint epoch every model is extracted, unpadded, into a real :class:`~hubedit.mlp.MLP` (eval
-mode, BatchNorm running statistics included), serialised with :meth:`MLP.to_bytes` (metadata keys put in
-canonical order, :func:`canonical_blob`), and its train / validation / test accuracies are computed with
+mode, BatchNorm running statistics included), serialised with :meth:`MLP.to_bytes` (byte-deterministic:
+metadata keys in canonical order), and its train / validation / test accuracies are computed with
 ``MLP.from_bytes(blob).accuracy(X, y)`` -- the path a user takes when reloading a checkpoint, so the
 recorded accuracies reproduce exactly.
 
@@ -50,7 +50,7 @@ initial weights and data order: the reference and the benchmark baseline.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import time
 import warnings
@@ -63,7 +63,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, NonFiniteWeightsError
 from ..mlp import ACTIVATIONS, MLP, NORMS, MLPConfig, activation_fn, skip_key
-from ..mlp.module import canonical_safetensors as canonical_blob
 from ..mlp.config import LEAKY_RELU_SLOPE
 from ..tasks import Task, load_task
 from .records import Checkpoint, ZooConfig, model_id
@@ -80,8 +79,6 @@ __all__ = [
     "training_data",
     "evaluation_data",
     "evaluate_blob",
-    "serialise",
-    "canonical_blob",
     "steps_per_epoch",
     "gather_batch",
     "choose_backend",
@@ -172,9 +169,6 @@ def evaluation_data(task: "str | Task") -> EvalSets:
     return out
 
 
-def serialise(model: MLP) -> bytes:
-    """``model.to_bytes()`` in canonical form: the same model always gives the same bytes."""
-    return canonical_blob(model.to_bytes())
 
 
 def evaluate_blob(blob: bytes, eval_sets: EvalSets) -> dict[str, float]:
@@ -902,9 +896,7 @@ def choose_backend(configs: Sequence[ZooConfig], n_rows: int, compile: "bool | s
     return "compiled" if compile and compile_available() else "eager"
 
 
-_ALLOCATOR_TUNED = False
-
-
+@functools.cache
 def _keep_freed_memory() -> None:
     """Make glibc's ``malloc`` keep freed memory in the process (once per process; no-op elsewhere).
 
@@ -916,10 +908,6 @@ def _keep_freed_memory() -> None:
     that, 5-15% of a step. The price is that the process keeps its peak heap until it exits, which is
     how training workers behave anyway.
     """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
     import ctypes
     import ctypes.util
 
@@ -1029,7 +1017,7 @@ def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval
                 except NonFiniteWeightsError as exc:
                     group.kill([g], f"non-finite weights at epoch {epoch}: {exc}")
                     continue
-                blob = serialise(model)
+                blob = model.to_bytes()
                 metrics = evaluate_blob(blob, sets) if evaluate else {}
                 blobs[(c.config_id, epoch)] = (blob, metrics)
             eval_s += time.perf_counter() - t1
@@ -1111,7 +1099,7 @@ def train_single(
                 opt.step()
             if epoch in config.checkpoint_epochs:
                 model.eval()
-                blob = serialise(model)
+                blob = model.to_bytes()
                 out.append(
                     Checkpoint(
                         model_id=model_id(t.name, config.config_id, epoch),
