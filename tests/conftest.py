@@ -11,6 +11,7 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.pop("HF_TOKEN", None)
+os.environ["HUBEDIT_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="hubedit-test-kernels-")  # trainer kernels built per run
 os.environ.pop("HF_HUB_OFFLINE", None)  # tests talk to the local Hub server below, never to huggingface.co
 
 # --- local Hub server -------------------------------------------------------------------------------------

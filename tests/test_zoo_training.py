@@ -91,7 +91,7 @@ def test_init_is_nn_linear_default_and_group_independent():
 
 def test_batched_forward_equals_mlp_forward():
     group = ModelGroup(_zoo_of_every_kind())
-    assert group.D == 4 and len(group.norm_runs) == 3 and len(group._act_onehot) == len(ACTIVATIONS)
+    assert group.D == 4 and len(group._norm_sel) == 3 and len(group._act_onehot) == len(ACTIVATIONS)
     _randomise(group)
     x = torch.randn(50, 16)
     with torch.no_grad():
@@ -112,13 +112,15 @@ def test_batched_forward_equals_mlp_forward():
 def test_dropout_masks_rate_and_independence_of_group():
     cfgs = [_config(i, (64, 64), "relu", "none", dropout=p) for i, p in enumerate((0.0, 0.1, 0.2))]
     group = ModelGroup(cfgs)
-    masks = group._dropout_masks(torch.tensor(7), 64)
-    kept = [(masks[0][g] > 0).float().mean().item() for g in range(3)]
+    keep = group._dropout_keep(torch.tensor(7), 1, 64)
+    assert keep.shape == (3, 64, 64)
+    kept = [(keep[g] > 0).float().mean().item() for g in range(3)]
     assert kept[0] == 1.0 and abs(kept[1] - 0.9) < 0.02 and abs(kept[2] - 0.8) < 0.02
-    assert torch.allclose(masks[0][2][masks[0][2] > 0], torch.tensor(1 / 0.8))
-    alone = ModelGroup([cfgs[2]])._dropout_masks(torch.tensor(7), 64)
-    assert torch.equal(alone[0][0], masks[0][2])
-    assert not torch.equal(group._dropout_masks(torch.tensor(8), 64)[0][2], masks[0][2])
+    assert torch.allclose(keep[2][keep[2] > 0], torch.tensor(1 / 0.8))
+    alone = ModelGroup([cfgs[2]])._dropout_keep(torch.tensor(7), 1, 64)
+    assert torch.equal(alone[0], keep[2])
+    assert not torch.equal(group._dropout_keep(torch.tensor(8), 1, 64)[2], keep[2])
+    assert not torch.equal(group._dropout_keep(torch.tensor(7), 2, 64)[2], keep[2])
 
 
 def test_per_model_loss_is_each_models_cross_entropy():

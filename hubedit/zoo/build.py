@@ -31,6 +31,7 @@ import torch
 
 from ..errors import ConfigError, CorruptFileError
 from ..tasks import load_task
+from . import fused
 from .presets import ZooPreset, get_preset
 from .records import Checkpoint, ZooConfig
 from .sampling import sample_configs
@@ -69,13 +70,16 @@ def _manifest(task: str, preset: ZooPreset, seed: int, configs: list[ZooConfig],
         "configs_sha256": _configs_digest(configs),
         "plan": plan,
         "trainer_revision": TRAINER_REVISION,
+        "fused_kernels": fused.available(),
         "hubedit_version": _hubedit_version(),
         "torch_version": torch.__version__,
         "configs": [c.to_dict() for c in configs],
     }
 
 
-_CHECKED_FIELDS = ("task", "seed", "preset", "compile", "n_configs", "configs_sha256", "plan", "trainer_revision")
+_CHECKED_FIELDS = (
+    "task", "seed", "preset", "compile", "n_configs", "configs_sha256", "plan", "trainer_revision", "fused_kernels"
+)
 
 
 def _check_manifest(path: Path, wanted: dict) -> None:
@@ -100,6 +104,12 @@ def _check_manifest(path: Path, wanted: dict) -> None:
                     f"the trainer's arithmetic changed (revision {have.get(key)} -> {wanted[key]}, hubedit "
                     f"{have.get('hubedit_version')} -> {wanted.get('hubedit_version')}): groups trained by both "
                     "would not reproduce one build"
+                )
+            elif key == "fused_kernels":
+                diffs.append(
+                    f"the trainer's fused kernels were {'' if have.get(key) else 'un'}available when it started and "
+                    f"are {'' if wanted[key] else 'un'}available now (HUBEDIT_FUSED_KERNELS, a C++ compiler): "
+                    "groups trained both ways would not reproduce one build"
                 )
             elif key == "preset":
                 a, b = have.get(key) or {}, wanted[key]

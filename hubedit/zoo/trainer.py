@@ -9,14 +9,15 @@ number of steps) as one computation in which every tensor has a leading model ax
   one contiguous ``(G, *shape)`` block of a 1-D buffer (so it is a standard tensor for ``bmm`` and the
   whole optimiser state is a few buffers). Hidden layer ``l`` has one weight ``(G, K_l, W_l)`` over the
   concatenation of its inputs -- the previous layer and every skip source used by some model of the
-  group -- so a layer is one ``torch.baddbmm``. Padded units, absent skips and layers beyond a model's
+  group -- so a layer is one batched matrix product (the input block padded to 16 features, which keeps
+  the products' inner sizes multiples of 16). Padded units, absent skips and layers beyond a model's
   depth hold exact zeros, kept there by a gradient mask; nothing padded reaches a real unit.
 * **Per-model architecture**: a shallower model passes its last hidden layer through the extra layers
-  unchanged (``torch.where``). Normalisation is applied per run of equal norms (models are ordered by
-  norm inside a group): BatchNorm with each model's own batch statistics and running statistics (momentum
-  0.1, unbiased running variance, as ``nn.BatchNorm1d``), LayerNorm over each model's *real* width.
-  Activations are one formula with per-model coefficients (:meth:`ModelGroup._act`), so groups can mix
-  activations at little cost and be formed by shape.
+  unchanged (``torch.where``). Each model has its own normalisation: BatchNorm with its own batch
+  statistics and running statistics (momentum 0.1, unbiased running variance, as ``nn.BatchNorm1d``),
+  LayerNorm over its *real* width, or none; and its own activation. The fused kernels (below) apply each
+  model's kinds to its block; the torch formulation selects them with per-model coefficients
+  (:meth:`ModelGroup._norm`, :meth:`ModelGroup._act`). Either way groups can mix kinds and be formed by shape.
 * **Data**: each model draws its own permutation of the training rows every epoch from its own
   generator (the same permutations :func:`train_single` uses); batches are gathered into ``(G, B, F)``.
 * **Dropout**: per-model rates; keep-masks from a counter-based hash of (model's dropout seed, step, layer,
@@ -32,8 +33,12 @@ number of steps) as one computation in which every tensor has a leading model ax
   so it cannot contaminate the others; a test checks the others stay bit-identical) and reported in
   :attr:`GroupResult.diverged`; *all* of its checkpoints are dropped, so every configuration in a zoo has
   its full set of checkpoints.
-* **Speed**: groups large enough to repay it run under ``torch.compile`` (fused CPU kernels; ~10-25 s to
-  compile a group), small ones eagerly (:func:`choose_backend`, decided from the configurations only).
+* **Speed**: each hidden layer's bias, norm, activation and dropout run in fused C++ kernels
+  (:mod:`hubedit.zoo.fused`): every model's ``(B, W)`` block with its own kinds, in cache (the torch
+  formulation in :meth:`ModelGroup._norm` / :meth:`ModelGroup._act` is the reference, and the fallback
+  without a C++ compiler). Groups large enough
+  to repay it run under ``torch.compile`` (fused CPU kernels around them; ~10-25 s to compile a group),
+  small ones eagerly (:func:`choose_backend`, decided from the configurations only).
   Training runs on one thread with denormals flushed and freed memory kept in the process (no page
   faults on every step's activation buffers); a build runs one worker process per core.
   :func:`plan_groups` chooses the groups by dynamic programming over a calibrated cost model.
@@ -65,6 +70,7 @@ from ..errors import ConfigError, NonFiniteWeightsError
 from ..mlp import ACTIVATIONS, MLP, NORMS, MLPConfig, activation_fn, skip_key
 from ..mlp.config import LEAKY_RELU_SLOPE
 from ..tasks import Task, load_task
+from . import fused
 from .records import Checkpoint, ZooConfig, model_id
 
 __all__ = [
@@ -89,7 +95,8 @@ __all__ = [
 
 #: Changes whenever the trainer's arithmetic changes (the same seed then gives other bytes); a zoo build
 #: refuses to resume groups trained by another revision. 2: two-class loss as softplus of the logit difference.
-TRAINER_REVISION = 2
+#: 3: hidden layers' norm / activation / dropout by the fused kernels (hubedit.zoo.fused).
+TRAINER_REVISION = 3
 
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -224,8 +231,10 @@ class CostModel:
     compile: float
 
 
-#: fitted to measured groups (scripts/bench_zoo_training.py reports measured / model per batch size)
-COMPILED_COST = CostModel(1.5e-3, 0.06e-9, 4e-9, 2e-9, 0.04, 2.5e6, 2.0, 25.0)
+#: fitted (least squares on relative error) to the step times of the 16 groups that
+#: scripts/bench_zoo_training.py timed with the fused kernels (within 7% each); mixing activations costs
+#: nothing there, and no cache cliff showed up in that range; compilation ~11 s per group
+COMPILED_COST = CostModel(1.8e-3, 0.061e-9, 2.1e-9, 1.6e-9, 0.0, 2.5e6, 1.0, 11.0)
 EAGER_COST = CostModel(4e-3, 0.07e-9, 40e-9, 3e-9, 0.1, 2.5e6, 1.5, 0.0)
 
 
@@ -346,18 +355,8 @@ def plan_groups(configs: Sequence[ZooConfig], n_rows: int, max_group_size: int =
 # --------------------------------------------------------------------------------------------------
 # the batched model
 # --------------------------------------------------------------------------------------------------
-def _runs(labels: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Maximal runs ``(start, stop, label)`` of equal consecutive labels."""
-    out: list[tuple[int, int, str]] = []
-    for i, lab in enumerate(labels):
-        if out and out[-1][2] == lab:
-            out[-1] = (out[-1][0], i + 1, lab)
-        else:
-            out.append((i, i + 1, lab))
-    return out
-
-
 _M31 = 0x7FFFFFFF
+_INPUT_ALIGN = 16
 _POS_STRIDE = 1024  # dropout position of (row r, unit u) is r * 1024 + u: independent of the group's padding
 
 
@@ -441,6 +440,9 @@ class ModelGroup:
         # effective width of model g at layer l: its real width, or its last hidden width past its depth
         self.rw = [[self.F_in] + [c.mlp.hidden[min(l, c.mlp.depth) - 1] for l in range(1, D + 1)] for c in cfgs]
         self.W = W = [max(r[l] for r in self.rw) for l in range(D + 1)]
+        # the input block padded to a multiple of 16 features (zero columns, zero weights): matrix products
+        # whose inner size is not a multiple of 16 run up to 2x slower (measured: Adult's 14 features)
+        W[0] = -(-self.F_in // _INPUT_ALIGN) * _INPUT_ALIGN
         # inputs of hidden layer l: the previous layer, then every skip source used by a model of the group
         self.in_blocks: dict[int, list[tuple[int, int]]] = {}
         for l in range(1, D + 1):
@@ -489,9 +491,6 @@ class ModelGroup:
         self.running_var = {l: torch.ones(G, W[l]) for l in range(1, D + 1)}
 
         # ---- per-model architecture plan
-        self.norm_runs = _runs([c.mlp.norm for c in cfgs])  # models are ordered by norm: contiguous runs
-        self.norm_kinds = [k for _, _, k in self.norm_runs]
-        self._norm_sizes = [g1 - g0 for g0, g1, _ in self.norm_runs]
         self._act_onehot = {
             a: torch.tensor([c.mlp.activation == a for c in cfgs], dtype=torch.float32).view(G, 1, 1)
             for a in ACTIVATIONS
@@ -518,21 +517,27 @@ class ModelGroup:
             self._act_coef["slope"] = col([LEAKY_RELU_SLOPE if a == "leaky_relu" else 0.0 for a in acts])
         if "gelu" in acts:
             self._act_coef["gelu"] = col([float(a == "gelu") for a in acts])
-        # LayerNorm statistics over each model's real width: per run and layer, (mask (g, 1, W_l), count
-        # (g, 1, 1)), or None where every model of the run is W_l wide there
-        self.ln_masks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None] = {}
-        for g0, g1, kind in self.norm_runs:
-            if kind != "layernorm":
-                continue
+        # normalisation: each kind's one-hot column (only where the group mixes kinds), and LayerNorm's
+        # statistics over each model's real width: per layer (mask (G, 1, W_l), count (G, 1, 1)), or None
+        # where every LayerNorm model is W_l wide there
+        norms = [c.mlp.norm for c in cfgs]
+        kinds = sorted(set(norms), key=NORMS.index)
+        self._norm_sel = {k: col([float(n == k) for n in norms]) for k in kinds} if len(kinds) > 1 else {k: None for k in kinds}
+        self._ln_mask: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        if "layernorm" in kinds:
             for l in range(1, D + 1):
-                widths = [self.rw[g][l] for g in range(g0, g1)]
-                if all(w == W[l] for w in widths):
-                    self.ln_masks[(g0, l)] = None
-                else:
-                    m = torch.zeros(g1 - g0, 1, W[l])
-                    for i, w in enumerate(widths):
-                        m[i, 0, :w] = 1.0
-                    self.ln_masks[(g0, l)] = (m, torch.tensor(widths, dtype=torch.float32).view(-1, 1, 1))
+                if all(self.rw[g][l] == W[l] for g in range(G) if norms[g] == "layernorm"):
+                    self._ln_mask[l] = None
+                    continue
+                m = torch.zeros(G, 1, W[l])
+                for g in range(G):
+                    m[g, 0, : self.rw[g][l]] = 1.0
+                self._ln_mask[l] = (m, col([self.rw[g][l] for g in range(G)]))
+        # ---- fused kernels (training mode): per-model codes of norm, activation and real width per layer
+        self.use_fused = fused.available() and max(W[1:]) <= fused.max_width()
+        self._norm_code = torch.tensor([fused.NORM_CODES[n] for n in norms], dtype=torch.int32)
+        self._act_code = torch.tensor([fused.ACT_CODES[a] for a in acts], dtype=torch.int32)
+        self._width_code = {l: torch.tensor([self.rw[g][l] for g in range(G)], dtype=torch.int32) for l in range(1, D + 1)}
         # layers some models skip (pass-through)
         self.active = {
             l: torch.tensor([d >= l for d in depths]).view(G, 1, 1) for l in range(1, D + 1) if min(depths) < l
@@ -544,6 +549,7 @@ class ModelGroup:
         self.drop_scale = (1.0 / (1.0 - p)).float()
         self._drop_thr = torch.round(p * 2**31).to(torch.int64)
         self._drop_base = torch.tensor([derive_seeds(c.seed)[2] & _M31 for c in cfgs], dtype=torch.int64).view(G, 1, 1)
+        self._drop_thr_code, self._drop_scale_code = self._drop_thr.view(-1).clone(), self.drop_scale.view(-1).clone()
         Wmax = max(W[1:])
         self._pos = (
             torch.arange(self.batch_size, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE
@@ -557,7 +563,7 @@ class ModelGroup:
         self.step_count = 0
         self.alive = torch.ones(G, dtype=torch.bool)
         self.diverged: dict[int, str] = {}
-        self._compiled: tuple[Callable, Callable, Callable] | None = None
+        self._compiled: tuple[Callable, Callable] | None = None
         # ---- initial weights, per model from its own seed
         for g, c in enumerate(cfgs):
             self.load_model(g, init_state_dict(c.mlp, derive_seeds(c.seed)[0]))
@@ -677,61 +683,93 @@ class ModelGroup:
             acc(F.gelu(z) * c["gelu"])
         return out
 
-    def _norm_one(self, zs, ga, be, kind: str, l: int, g0: int, g1: int, training: bool) -> torch.Tensor:
-        if kind == "none":
-            return zs
-        ga, be = ga.unsqueeze(1), be.unsqueeze(1)
-        if kind == "batchnorm":
-            if training:
-                var, mean = torch.var_mean(zs, dim=1, keepdim=True, correction=0)
-                with torch.no_grad():
-                    n = zs.shape[1]
-                    self.running_mean[l][g0:g1].mul_(1 - BN_MOMENTUM).add_(mean.squeeze(1), alpha=BN_MOMENTUM)
-                    self.running_var[l][g0:g1].mul_(1 - BN_MOMENTUM).add_(var.squeeze(1), alpha=BN_MOMENTUM * n / (n - 1))
-            else:
-                mean = self.running_mean[l][g0:g1].unsqueeze(1)
-                var = self.running_var[l][g0:g1].unsqueeze(1)
-            return (zs - mean) * torch.rsqrt(var + self.norm_eps) * ga + be
-        mask = self.ln_masks[(g0, l)]  # layernorm over each model's real width
-        if mask is None:
-            return F.layer_norm(zs, (zs.shape[-1],), eps=self.norm_eps) * ga + be
-        m, cnt = mask
-        mean = zs.sum(-1, keepdim=True) / cnt
-        dev = (zs - mean) * m
-        var = (dev * dev).sum(-1, keepdim=True) / cnt
-        return dev * torch.rsqrt(var + self.norm_eps) * ga + be
+    @torch.no_grad()
+    def _update_running_stats(self, l: int, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """BatchNorm running statistics of layer ``l`` from a batch's mean and biased variance ``(G, W)``
+        (momentum 0.1, unbiased running variance, as ``nn.BatchNorm1d``); other models' stay as they are."""
+        rm, rv = self.running_mean[l], self.running_var[l]
+        new_m = rm * (1 - BN_MOMENTUM) + mean * BN_MOMENTUM
+        new_v = rv * (1 - BN_MOMENTUM) + var * (BN_MOMENTUM * n / (n - 1))
+        if self._norm_sel["batchnorm"] is not None:
+            is_bn = self._norm_sel["batchnorm"].view(-1, 1) > 0
+            new_m, new_v = torch.where(is_bn, new_m, rm), torch.where(is_bn, new_v, rv)
+        rm.copy_(new_m)
+        rv.copy_(new_v)
 
     def _norm(self, params: dict[str, torch.Tensor], z: torch.Tensor, l: int, training: bool) -> torch.Tensor:
-        """Each model's normalisation, per run of equal ones along the model axis (models are ordered by
-        norm; ``split`` rather than slicing, so the backward pass is one ``cat``, not a sum of padded copies)."""
+        """Each model's normalisation of layer ``l``'s pre-activations ``z`` (G, B, W_l), for the whole group
+        at once: ``(z - mean) * rstd * gamma + beta`` with each model's statistics selected by its kind
+        (BatchNorm: over the batch, or the running statistics in eval mode; LayerNorm: over the model's real
+        width; none: ``mean = rstd = 0``, ``gamma = beta = 0``, plus ``z``). The torch formulation: eval
+        mode, and training where the fused kernels (:meth:`_fused_layer`) are unavailable."""
         if not self.has_norm_params:
             return z
-        gamma, beta = params[f"g{l}"], params[f"n{l}"]
-        if len(self.norm_runs) == 1:
-            g0, g1, kind = self.norm_runs[0]
-            return self._norm_one(z, gamma, beta, kind, l, g0, g1, training)
-        zs, gs, bs = z.split(self._norm_sizes), gamma.split(self._norm_sizes), beta.split(self._norm_sizes)
-        return torch.cat(
-            [self._norm_one(zs[i], gs[i], bs[i], kind, l, g0, g1, training) for i, (g0, g1, kind) in enumerate(self.norm_runs)],
-            0,
-        )
+        sel = self._norm_sel
+        mean = rstd = None
 
-    def _dropout_masks(self, step: torch.Tensor, B: int) -> list[torch.Tensor]:
-        """Per hidden layer, ``keep / (1 - p)`` of every model for optimiser step ``step`` (``(G, B, W_l)``).
+        def add(m, r, kind):
+            nonlocal mean, rstd
+            if sel[kind] is not None:
+                m, r = m * sel[kind], r * sel[kind]
+            mean, rstd = (m, r) if mean is None else (mean + m, rstd + r)
+
+        if "batchnorm" in sel:
+            if training:
+                var, mu = torch.var_mean(z, dim=1, keepdim=True, correction=0)
+                self._update_running_stats(l, mu.squeeze(1), var.squeeze(1), z.shape[1])
+            else:
+                mu, var = self.running_mean[l].unsqueeze(1), self.running_var[l].unsqueeze(1)
+            add(mu, torch.rsqrt(var + self.norm_eps), "batchnorm")
+        if "layernorm" in sel:
+            mask = self._ln_mask[l]
+            if mask is None:
+                var, mu = torch.var_mean(z, dim=-1, keepdim=True, correction=0)
+            else:
+                m, cnt = mask
+                mu = z.sum(-1, keepdim=True) / cnt
+                dev = (z - mu) * m
+                var = (dev * dev).sum(-1, keepdim=True) / cnt
+            add(mu, torch.rsqrt(var + self.norm_eps), "layernorm")
+        out = (z - mean) * rstd * params[f"g{l}"].unsqueeze(1) + params[f"n{l}"].unsqueeze(1)
+        if "none" in sel:
+            out = out + z * sel["none"]
+        return out
+
+    def _fused_layer(self, params: dict[str, torch.Tensor], z: torch.Tensor, l: int, step: torch.Tensor | None) -> torch.Tensor:
+        """Norm, activation and dropout (of optimiser step ``step``; None: none) of hidden layer ``l`` in
+        training mode by the fused kernels (:mod:`hubedit.zoo.fused`), from the layer's product ``z``
+        without its bias: the function of ``_act(_norm(z + b)) * _dropout_keep(...)``, with the bias added
+        and the dropout drawn inside the kernel."""
+        norm = self.has_norm_params
+        h, _, bn_mean, bn_var, _, _ = torch.ops.hubedit.group_layer(
+            z, params[f"b{l}"], params[f"g{l}"] if norm else None, params[f"n{l}"] if norm else None,
+            self._dropout_key(step, l).view(-1) if step is not None else None, self._drop_thr_code, self._drop_scale_code,
+            self._norm_code, self._act_code, self._width_code[l], self.norm_eps,
+            bool(set(self._act_onehot) - {"relu", "leaky_relu"}),
+        )
+        if "batchnorm" in self._norm_sel:
+            self._update_running_stats(l, bn_mean, bn_var, z.shape[1])
+        return h
+
+    def _dropout_key(self, step: torch.Tensor, l: int) -> torch.Tensor:
+        """Each model's dropout hash key for optimiser step ``step`` and hidden layer ``l`` ``(G, 1, 1)``."""
+        return _hash31((self._drop_base + step * 0x9E3779B1 + l * 0x632BE5AB) & _M31)
+
+    def _dropout_keep(self, step: torch.Tensor, l: int, B: int) -> torch.Tensor:
+        """``keep / (1 - p)`` of every model at hidden layer ``l`` for optimiser step ``step``: ``(G, B, W_l)``.
 
         ``keep = hash(model's dropout seed, step, layer, row * 1024 + unit) >= p * 2^31``: a counter-based
         draw, so a model's masks do not depend on its group (nor on the padding)."""
         pos = self._pos
         if B > pos.shape[1]:  # a batch larger than the group's batch size (forward() on other data)
             pos = torch.arange(B, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE + torch.arange(pos.shape[2]).view(1, 1, -1)
-        out = []
-        for l in range(1, self.D + 1):
-            key = _hash31((self._drop_base + step * 0x9E3779B1 + l * 0x632BE5AB) & _M31)
-            u = _hash31((key + pos[:, :B, : self.W[l]]) & _M31)
-            out.append((u >= self._drop_thr) * self.drop_scale)
-        return out
+        u = _hash31((self._dropout_key(step, l) + pos[:, :B, : self.W[l]]) & _M31)
+        return torch.where(u >= self._drop_thr, self.drop_scale, 0.0)
 
-    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, training: bool, drop: list | None):
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, training: bool, step: torch.Tensor | None):
+        """Logits; in training mode, the dropout of optimiser ``step`` (a 0-d int64 tensor; None: no dropout)."""
+        if x.shape[-1] < self.W[0]:
+            x = F.pad(x, (0, self.W[0] - x.shape[-1]))
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.G, -1, -1)
         W = self.W
@@ -739,10 +777,14 @@ class ModelGroup:
         for l in range(1, self.D + 1):
             blocks = self.in_blocks[l]
             inp = hs[l - 1] if len(blocks) == 1 else torch.cat([hs[s] for s, _ in blocks], -1)
-            z = torch.baddbmm(params[f"b{l}"].unsqueeze(1), inp, params[f"w{l}"])
-            h = self._act(self._norm(params, z, l, training))
-            if training and drop is not None:
-                h = h * drop[l - 1]
+            dropout = training and step is not None and self.has_dropout
+            if training and self.use_fused:  # the kernel adds the bias
+                h = self._fused_layer(params, torch.bmm(inp, params[f"w{l}"]), l, step if dropout else None)
+            else:
+                z = torch.baddbmm(params[f"b{l}"].unsqueeze(1), inp, params[f"w{l}"])
+                h = self._act(self._norm(params, z, l, training))
+                if dropout:
+                    h = h * self._dropout_keep(step, l, x.shape[1])
             if l in self.active:
                 prev = hs[l - 1] if W[l] == W[l - 1] else F.pad(hs[l - 1], (0, W[l] - W[l - 1]))
                 h = torch.where(self.active[l], h, prev)
@@ -755,15 +797,12 @@ class ModelGroup:
         ``training``: batch statistics (and running-statistics updates) for BatchNorm, and the dropout
         masks of optimiser step ``step``. Otherwise eval mode: the function of the extracted MLPs.
         """
-        drop = None
-        if training and self.has_dropout:
-            x3 = x if x.dim() == 3 else x.unsqueeze(0)
-            drop = self._dropout_masks(torch.tensor(step, dtype=torch.int64), x3.shape[1])
-        return self._forward(self.p, x, training, drop)
+        return self._forward(self.p, x, training, torch.tensor(step, dtype=torch.int64))
 
-    def _per_model_loss(self, params, x: torch.Tensor, y: torch.Tensor, drop: list | None) -> torch.Tensor:
+    def _per_model_loss(self, params, x: torch.Tensor, y: torch.Tensor, step: torch.Tensor | None) -> torch.Tensor:
+        """Each model's mean training loss on its batch (``step`` as in :meth:`_forward`)."""
         G, B = y.shape
-        logits = self._forward(params, x, True, drop)
+        logits = self._forward(params, x, True, step)
         if logits.shape[-1] == 2:
             # two classes: cross-entropy is softplus of the other logit minus the true one. Equal to
             # F.cross_entropy to float rounding, and one vectorised elementwise op, where inductor's
@@ -772,8 +811,8 @@ class ModelGroup:
             return F.softplus(torch.where(y == 1, -d, d)).mean(1)
         return F.cross_entropy(logits.reshape(G * B, -1), y.reshape(G * B), reduction="none").view(G, B).mean(1)
 
-    def _loss_from_list(self, plist: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, drop: list | None):
-        return self._per_model_loss(dict(zip(self.offsets, plist)), x, y, drop)
+    def _loss_from_list(self, plist: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, step: torch.Tensor):
+        return self._per_model_loss(dict(zip(self.offsets, plist)), x, y, step)
 
     # ---- training -------------------------------------------------------------------------------------
     def enable_compile(self) -> None:
@@ -784,7 +823,6 @@ class ModelGroup:
         self._compiled = (
             torch.compile(self._loss_from_list, fullgraph=True, dynamic=False),
             torch.compile(_adamw_update_lists, fullgraph=True, dynamic=False),
-            torch.compile(self._dropout_masks, fullgraph=True, dynamic=False),
         )
         names = list(self.offsets)
         self._plist = [self.p[n] for n in names]
@@ -832,18 +870,15 @@ class ModelGroup:
         """One optimiser step on per-model batches ``xb (G, B, F)``, ``yb (G, B)``."""
         step = torch.tensor(self.step_count, dtype=torch.int64)
         compiled = compiled and self._compiled is not None and yb.shape[1] == self.batch_size
-        drop = None
-        if self.has_dropout:
-            drop = (self._compiled[2] if compiled else self._dropout_masks)(step, yb.shape[1])
         if compiled:
             for leaf in self._plist:
                 leaf.grad = None
-            per = self._compiled[0](self._plist, xb, yb, drop)
+            per = self._compiled[0](self._plist, xb, yb, step)
         else:
             for name, leaf in self.p.items():  # gradients accumulate into views of self.grad
                 leaf.grad = self._grad_views[name]
             self.grad.zero_()
-            per = self._per_model_loss(self.p, xb, yb, drop)
+            per = self._per_model_loss(self.p, xb, yb, step)
         self.bn_steps += 1
         finite = torch.isfinite(per)
         bad = None

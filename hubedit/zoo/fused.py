@@ -1,0 +1,225 @@
+"""Fused per-model bias, normalisation, activation and dropout for the batched zoo trainer.
+
+:class:`~hubedit.zoo.trainer.ModelGroup` holds ``G`` models as padded ``(G, B, W)`` tensors. After a
+layer's batched matrix product each model applies its own bias, norm, activation and dropout; in torch ops
+a group that mixes kinds evaluates every kind for every element, in many passes over memory. The C++
+kernels in ``kernels/group_layer.cpp`` process each model's ``(B, W)`` block with its own kinds, in cache:
+the forward pass reads ``z`` for the statistics and once more to write the output (and the activation's
+derivative where that is cheaper to keep than to recompute); the backward pass draws the dropout mask
+again (see that file for the exact conventions).
+
+The source is compiled once per machine with the system C++ compiler (the one ``torch.compile`` needs
+anyway; GCC or Clang with C++20, x86-64 Linux with glibc's libmvec) into ``$HUBEDIT_KERNEL_CACHE``
+(default ``~/.cache/hubedit/kernels``), loaded with ``ctypes`` and exposed as the torch custom op
+``hubedit::group_layer`` with its autograd formula, so it runs eagerly and inside compiled graphs alike.
+:func:`available` is False where no compiler is found or the build fails (with a warning saying why); the
+trainer then uses its torch formulation (the reference the kernels are tested against).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "group_layer.cpp"
+#: compile flags: vectorised loops (libmvec's expf / erff / tanhf need -ffast-math); the shared library
+#: is linked without -ffast-math so that loading it does not switch the process to flush-to-zero
+_COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++20"]
+_LINK = ["-shared", "-lmvec", "-lm"]
+
+NORM_CODES = {"none": 0, "batchnorm": 1, "layernorm": 2}
+ACT_CODES = {"relu": 0, "leaky_relu": 1, "gelu": 2, "silu": 3, "tanh": 4, "sigmoid": 5}
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HUBEDIT_KERNEL_CACHE") or Path.home() / ".cache" / "hubedit" / "kernels")
+
+
+def _compiler() -> str | None:
+    return next((shutil.which(c) for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def _cpu_flags() -> bytes:
+    """This CPU's feature flags (``-march=native`` code is only valid where they are the same)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"flags")), b"")
+    except OSError:
+        return b""
+
+
+def _build(cxx: str) -> Path:
+    """Compile the kernels (once per source, compiler, flags and CPU) and return the shared library's path.
+    Written to a temporary name and renamed, so concurrent build workers never load a half-written file."""
+    ident = [SOURCE.read_bytes(), cxx.encode(), " ".join(_COMPILE + _LINK).encode(), _cpu_flags()]
+    key = hashlib.sha256(b"\0".join(ident)).hexdigest()[:16]
+    lib = _cache_dir() / f"group_layer-{key}.so"
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        obj, out = Path(tmp) / "group_layer.o", Path(tmp) / "group_layer.so"
+        for cmd in ([cxx, *_COMPILE, "-c", str(SOURCE), "-o", str(obj)], [cxx, str(obj), "-o", str(out), *_LINK]):
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
+        os.replace(out, lib)
+    return lib
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("HUBEDIT_FUSED_KERNELS", "1") == "0":
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cxx)))
+    except (OSError, RuntimeError) as exc:
+        warnings.warn(f"fused trainer kernels unavailable, using torch ops instead: {exc}")
+        return None
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.hubedit_group_layer_forward.argtypes = [p] * 10 + [i64] * 3 + [f32] + [p] * 6
+    lib.hubedit_group_layer_forward.restype = None
+    lib.hubedit_group_layer_backward.argtypes = [p, i64, i64] + [p] * 15 + [i64] * 3 + [f32] + [p] * 4
+    lib.hubedit_group_layer_backward.restype = None
+    lib.hubedit_group_layer_max_width.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the fused kernels are built and loaded here (``HUBEDIT_FUSED_KERNELS=0`` turns them off)."""
+    return _library() is not None
+
+
+def max_width() -> int:
+    lib = _library()
+    return int(lib.hubedit_group_layer_max_width()) if lib is not None else 0
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+@torch.library.custom_op("hubedit::group_layer", mutates_args=())
+def group_layer(
+    z: torch.Tensor,
+    bias: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    drop_key: torch.Tensor | None,
+    drop_thr: torch.Tensor,
+    drop_scale: torch.Tensor,
+    norm: torch.Tensor,
+    act: torch.Tensor,
+    width: torch.Tensor,
+    eps: float,
+    store_slope: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h, d, bn_mean, bn_var, ln_mean, ln_rstd)`` of a group's hidden layer ``z + bias`` (``z``
+    ``(G, B, W)``, the batched product without its bias; ``bias`` ``(G, W)``, added in the kernel): per
+    model ``g`` with norm ``norm[g]``, activation ``act[g]`` and real width ``width[g]`` (codes
+    :data:`NORM_CODES`, :data:`ACT_CODES`; int32), ``gamma``, ``beta`` ``(G, W)`` (None without norms),
+    and dropout drawn in the kernel from ``drop_key`` (int64 per model; None: no dropout), ``drop_thr``
+    (int64, 0 for no dropout) and ``drop_scale`` (float32) -- see ``ModelGroup._dropout_keep``.
+    ``d`` holds the derivatives of the models whose activation is not relu / leaky relu (shape ``(0,)``
+    unless ``store_slope``); the backward pass recomputes relu's and leaky relu's from ``z``."""
+    z = z.contiguous()
+    G, B, W = z.shape
+    h, d, bn_mean, bn_var, ln_mean, ln_rstd = _forward_outputs(z, store_slope)
+    bias = bias.contiguous()
+    gamma = None if gamma is None else gamma.contiguous()
+    beta = None if beta is None else beta.contiguous()
+    _library().hubedit_group_layer_forward(
+        _ptr(z), _ptr(bias), _ptr(gamma), _ptr(beta), _ptr(drop_key), _ptr(drop_thr), _ptr(drop_scale), _ptr(norm), _ptr(act),
+        _ptr(width), G, B, W, eps, _ptr(h), _ptr(d) if store_slope else None, _ptr(bn_mean), _ptr(bn_var), _ptr(ln_mean), _ptr(ln_rstd),
+    )
+    return h, d, bn_mean, bn_var, ln_mean, ln_rstd
+
+
+def _forward_outputs(z: torch.Tensor, store_slope: bool) -> tuple[torch.Tensor, ...]:
+    G, B, W = z.shape
+    d = torch.empty_like(z) if store_slope else z.new_empty(0)
+    return torch.empty_like(z), d, z.new_empty(G, W), z.new_empty(G, W), z.new_empty(G, B), z.new_empty(G, B)
+
+
+def _backward_outputs(z: torch.Tensor, has_norm: bool) -> tuple[torch.Tensor, ...]:
+    G, B, W = z.shape
+    n = (G, W) if has_norm else (0,)
+    return torch.empty_like(z), z.new_empty(G, W), z.new_empty(n), z.new_empty(n)
+
+
+@group_layer.register_fake
+def _(z, bias, gamma, beta, drop_key, drop_thr, drop_scale, norm, act, width, eps, store_slope):
+    return _forward_outputs(z, store_slope)
+
+
+@torch.library.custom_op("hubedit::group_layer_backward", mutates_args=())
+def group_layer_backward(
+    grad_h: torch.Tensor,
+    z: torch.Tensor,
+    d: torch.Tensor,
+    bias: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    bn_mean: torch.Tensor,
+    bn_var: torch.Tensor,
+    ln_mean: torch.Tensor,
+    ln_rstd: torch.Tensor,
+    drop_key: torch.Tensor | None,
+    drop_thr: torch.Tensor,
+    drop_scale: torch.Tensor,
+    norm: torch.Tensor,
+    act: torch.Tensor,
+    width: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_z, grad_bias, grad_gamma, grad_beta)`` of :func:`group_layer` (the last two zero-size without
+    norms), from its inputs and outputs (relu's and leaky relu's derivatives and the dropout draw are
+    recomputed from ``z``). The parameter list repeats :func:`group_layer`'s: custom ops take their schema
+    from the annotations."""
+    if grad_h.stride(-1) != 1:
+        grad_h = grad_h.contiguous()
+    G, B, W = z.shape
+    has_norm = gamma is not None
+    gz, gbias, gg, gb = _backward_outputs(z, has_norm)
+    _library().hubedit_group_layer_backward(
+        _ptr(grad_h), grad_h.stride(0), grad_h.stride(1), _ptr(z), _ptr(d) if d.numel() else None, _ptr(bias), _ptr(gamma),
+        _ptr(beta), _ptr(bn_mean), _ptr(bn_var), _ptr(ln_mean), _ptr(ln_rstd), _ptr(drop_key), _ptr(drop_thr),
+        _ptr(drop_scale), _ptr(norm), _ptr(act), _ptr(width), G, B, W, eps, _ptr(gz), _ptr(gbias),
+        _ptr(gg) if has_norm else None, _ptr(gb) if has_norm else None,
+    )
+    return gz, gbias, gg, gb
+
+
+@group_layer_backward.register_fake
+def _(grad_h, z, d, bias, gamma, beta, bn_mean, bn_var, ln_mean, ln_rstd, drop_key, drop_thr, drop_scale, norm, act, width, eps):
+    return _backward_outputs(z, gamma is not None)
+
+
+def _setup_context(ctx, inputs, output):
+    z, bias, gamma, beta, drop_key, drop_thr, drop_scale, norm, act, width, eps, store_slope = inputs
+    h, d, bn_mean, bn_var, ln_mean, ln_rstd = output
+    ctx.save_for_backward(z, d, bias, gamma, beta, bn_mean, bn_var, ln_mean, ln_rstd, drop_key, drop_thr, drop_scale, norm, act, width)
+    ctx.eps = eps
+    ctx.has_norm = gamma is not None
+
+
+def _backward(ctx, grad_h, *_):
+    gz, gbias, gg, gb = group_layer_backward(grad_h, *ctx.saved_tensors, ctx.eps)
+    if not ctx.has_norm:
+        gg = gb = None
+    return gz, gbias, gg, gb, None, None, None, None, None, None, None, None
+
+
+group_layer.register_autograd(_backward, setup_context=_setup_context)

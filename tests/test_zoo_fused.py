@@ -1,0 +1,144 @@
+"""The fused layer kernels of the batched trainer compute the trainer's torch formulation: same losses,
+gradients, BatchNorm statistics and dropout draws, for every norm x activation, with skips and padding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+import sys
+import warnings
+
+import pytest
+import torch
+
+from hubedit.zoo import fused
+from hubedit.zoo.trainer import ModelGroup
+from test_zoo_training import _config, _randomise, _zoo_of_every_kind
+
+needs_kernels = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: the trainer uses its torch formulation")
+
+
+def _fused_and_reference(configs, seed=1):
+    fast, ref = ModelGroup(configs), ModelGroup(configs)
+    _randomise(fast, seed)
+    _randomise(ref, seed)
+    ref.use_fused = False
+    return fast, ref
+
+
+def _loss_and_grads(group, xb, yb, step):
+    for leaf in group.p.values():
+        leaf.grad = None
+    per = group._per_model_loss(group.p, xb, yb, step)
+    per.sum().backward()
+    return per.detach(), {n: leaf.grad * group._mask_views[n] for n, leaf in group.p.items()}
+
+
+@needs_kernels
+@pytest.mark.parametrize("step", [None, 7], ids=["no-dropout", "dropout"])
+def test_fused_training_step_equals_torch_formulation(step):
+    fast, ref = _fused_and_reference(_zoo_of_every_kind())
+    assert fast.use_fused and not ref.use_fused
+    gen = torch.Generator().manual_seed(3)
+    xb = torch.randn(fast.G, 48, 16, generator=gen) * 2
+    yb = torch.randint(0, 2, (fast.G, 48), generator=gen)
+    st = None if step is None else torch.tensor(step)
+    loss_f, grads_f = _loss_and_grads(fast, xb, yb, st)
+    loss_r, grads_r = _loss_and_grads(ref, xb, yb, st)
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=1e-6)
+    for name in grads_r:  # real (unpadded) entries; padded ones are masked out of every update
+        scale = grads_r[name].abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(grads_f[name], grads_r[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+    for l in ref.running_mean:
+        torch.testing.assert_close(fast.running_mean[l], ref.running_mean[l], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast.running_var[l], ref.running_var[l], rtol=1e-5, atol=1e-6)
+    # the dropout actually dropped something (the two runs differ only through it)
+    if step is not None:
+        assert not torch.allclose(loss_f, _loss_and_grads(fast, xb, yb, None)[0])
+
+
+@needs_kernels
+def test_kernel_dropout_draw_is_the_groups_keep_mask():
+    """With z > 0, relu and no norm, h is exactly the keep factor: the kernel's counter-based draw is
+    ``ModelGroup._dropout_keep`` bit for bit (so the fused and torch paths train the same models)."""
+    cfgs = [_config(i, (64, 64), "relu", "none", dropout=p) for i, p in enumerate((0.0, 0.1, 0.2, 0.5))]
+    group = ModelGroup(cfgs)
+    B, step = 40, torch.tensor(123)
+    for l in (1, 2):
+        z = torch.ones(group.G, B, group.W[l])
+        h, d, *_ = torch.ops.hubedit.group_layer(
+            z, torch.zeros(group.G, group.W[l]), None, None, group._dropout_key(step, l).view(-1), group._drop_thr_code, group._drop_scale_code,
+            group._norm_code, group._act_code, group._width_code[l], group.norm_eps, False,
+        )
+        keep = group._dropout_keep(step, l, B)
+        assert torch.equal(h, keep) and d.numel() == 0
+        kept = (keep > 0).float().mean(dim=(1, 2))
+        assert kept[0] == 1.0 and abs(kept[3].item() - 0.5) < 0.03
+
+
+@needs_kernels
+def test_fused_training_forward_matches_extracted_models():
+    """Training-mode forward (batch statistics, no dropout) of the fused path is each model's own forward."""
+    group = ModelGroup([c for c in _zoo_of_every_kind() if c.mlp.dropout == 0.0])
+    _randomise(group, 4)
+    assert group.use_fused
+    xb = torch.randn(group.G, 32, 16)
+    out = group.forward(xb, training=True)
+    for g in range(group.G):
+        ref = group.extract(g).train()(xb[g])
+        torch.testing.assert_close(out[g], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_can_be_switched_off():
+    code = (
+        "from hubedit.zoo import fused; from hubedit.zoo.trainer import ModelGroup;"
+        "from test_zoo_training import _zoo_of_every_kind;"
+        "g = ModelGroup(_zoo_of_every_kind()); print(fused.available(), g.use_fused)"
+    )
+    env = {**os.environ, "HUBEDIT_FUSED_KERNELS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parent, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_failed_kernel_build_falls_back_to_torch(monkeypatch, tmp_path):
+    """A compiler that fails leaves the trainer on its torch formulation, with a warning that says why."""
+    monkeypatch.setenv("HUBEDIT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setattr(fused, "_compiler", lambda: shutil.which("false") or "false")  # every build step fails
+    fused._library.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not fused.available()
+        assert any("fused trainer kernels unavailable" in str(w.message) for w in caught)
+        assert not ModelGroup(_zoo_of_every_kind()[:3]).use_fused
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left behind
+    finally:
+        fused._library.cache_clear()
+
+
+@needs_kernels
+def test_kernels_stay_finite_and_exact_on_extreme_pre_activations():
+    """Large pre-activations (a model on its way to diverging) give the torch activations' values, not the
+    NaN an overflowing exp gives under the kernels' fast-math flags (sigmoid / silu below -88)."""
+    from hubedit.mlp import activation_fn
+
+    vals = torch.tensor([-1e30, -1e4, -200.0, -100.0, -89.0, -88.0, -20.0, -1.0, 0.0, 1.0, 20.0, 88.0, 89.0, 1e4, 1e30])
+    G, W = len(fused.ACT_CODES), 32
+    z = torch.zeros(G, 1, W)
+    z[:, 0, : len(vals)] = vals
+    h, d, *_ = torch.ops.hubedit.group_layer(
+        z, torch.zeros(G, W), None, None, None, torch.zeros(G, dtype=torch.int64), torch.ones(G),
+        torch.zeros(G, dtype=torch.int32), torch.tensor(list(fused.ACT_CODES.values()), dtype=torch.int32),
+        torch.full((G,), W, dtype=torch.int32), 1e-5, True,
+    )
+    for g, name in enumerate(fused.ACT_CODES):
+        out = h[g, 0, : len(vals)]
+        assert torch.isfinite(out).all(), name
+        torch.testing.assert_close(out, activation_fn(name)(vals), rtol=1e-5, atol=1e-6, msg=name)
+        if fused.ACT_CODES[name] >= 2:  # stored derivatives
+            assert torch.isfinite(d[g, 0, : len(vals)]).all(), name
