@@ -1,7 +1,7 @@
 // Fused hidden-layer kernels of the batched zoo trainer (hubedit/zoo/fused.py builds and loads this file).
 //
-// A group of G models is held as padded tensors; after a layer's batched matrix product, every model
-// applies its own normalisation, activation and dropout to its (B, W) block of the pre-activations z.
+// A group of G models is held as padded tensors; after a layer's batched matrix product z, every model
+// applies its own bias, normalisation, activation and dropout to its (B, W) block.
 // Written in torch ops, a group that mixes kinds computes every kind for every element and the
 // compiler emits about ten passes over (G, B, W) per layer. Here each model's block (at most
 // 256 x 64 floats, resident in cache) is processed with its own kinds only: the forward pass reads z
@@ -14,7 +14,8 @@
 //   norm  0 none, 1 BatchNorm (training: batch statistics, biased variance), 2 LayerNorm over the model's
 //         real width n (padded units: y = 0, since gamma = beta = 0 there)
 //   act   0 relu, 1 leaky relu (0.01), 2 gelu (erf), 3 silu, 4 tanh, 5 sigmoid
-//   y = (z - mean) * rstd * gamma + beta;  h = act(y) * keep;  d = act'(y) * keep (act >= 2 only)
+//   y = (z + bias - mean) * rstd * gamma + beta (y = z + bias without norm);  h = act(y) * keep;
+//   d = act'(y) * keep (act >= 2 only)
 //   keep = hash31((key + b * 1024 + w) & M31) >= threshold ? 1 / (1 - p) : 0 (ModelGroup._dropout_keep)
 //   BatchNorm statistics out: bn_mean / bn_var (G, W); LayerNorm: ln_mean / ln_rstd (G, B).
 // Compiled with -O3 -march=native -ffast-math so that the loops vectorise (expf / erff / tanhf from
