@@ -65,10 +65,11 @@ inline float keep_of(uint32_t row_key, int64_t w, uint32_t thr, float scale) {
 }
 
 // sigmoid without an overflowing exp: -ffast-math assumes finite values, and 1 / (1 + expf(-y)) returns
-// NaN instead of 0 once expf(-y) overflows (y < -88). Below -87 the result is 0 (torch: under 2e-38).
+// NaN instead of 0 once expf(-y) overflows (y < -88)
 inline float sigmoid(float y) {
-  const float s = 1.f / (1.f + expf(fminf(-y, 87.f)));
-  return y < -87.f ? 0.f : s;
+  const float e = expf(-fabsf(y));
+  const float r = 1.f / (1.f + e);
+  return y >= 0.f ? r : e * r;
 }
 
 template <int ACT>
