@@ -70,7 +70,7 @@ def test_kernel_dropout_draw_is_the_groups_keep_mask():
     for l in (1, 2):
         z = torch.ones(group.G, B, group.W[l])
         h, d, *_ = torch.ops.hubedit.group_layer(
-            z, torch.zeros(group.G, group.W[l]), None, None, group._dropout_key(step, l).view(-1), group._drop_thr_code, group._drop_scale_code,
+            z, torch.zeros(group.G, group.W[l]), None, None, group._dropout_key(step, l).view(-1), group._drop_thr.view(-1), group.drop_scale.view(-1),
             group._norm_code, group._act_code, group._width_code[l], group.norm_eps, False,
         )
         keep = group._dropout_keep(step, l, B)

@@ -40,6 +40,13 @@ NORM_CODES = {"none": 0, "batchnorm": 1, "layernorm": 2}
 ACT_CODES = {"relu": 0, "leaky_relu": 1, "gelu": 2, "silu": 3, "tanh": 4, "sigmoid": 5}
 
 
+def stores_slope(activations) -> bool:
+    """Whether :func:`group_layer` must keep derivatives for these activations: every activation but relu
+    and leaky relu (codes >= 2; ``stores_slope`` in the kernel source), whose derivatives the backward pass
+    recomputes."""
+    return any(ACT_CODES[a] >= 2 for a in activations)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("HUBEDIT_KERNEL_CACHE") or Path.home() / ".cache" / "hubedit" / "kernels")
 

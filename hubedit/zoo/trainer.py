@@ -36,9 +36,8 @@ number of steps) as one computation in which every tensor has a leading model ax
 * **Speed**: each hidden layer's bias, norm, activation and dropout run in fused C++ kernels
   (:mod:`hubedit.zoo.fused`): every model's ``(B, W)`` block with its own kinds, in cache (the torch
   formulation in :meth:`ModelGroup._norm` / :meth:`ModelGroup._act` is the reference, and the fallback
-  without a C++ compiler). Groups large enough
-  to repay it run under ``torch.compile`` (fused CPU kernels around them; ~10-25 s to compile a group),
-  small ones eagerly (:func:`choose_backend`, decided from the configurations only).
+  without a C++ compiler). Groups large enough to repay it run under ``torch.compile`` (fused CPU kernels
+  around them; ~10-25 s to compile a group), small ones eagerly (:func:`choose_backend`, decided from the configurations only).
   Training runs on one thread with denormals flushed and freed memory kept in the process (no page
   faults on every step's activation buffers); a build runs one worker process per core.
   :func:`plan_groups` chooses the groups by dynamic programming over a calibrated cost model.
@@ -538,6 +537,7 @@ class ModelGroup:
         self._norm_code = torch.tensor([fused.NORM_CODES[n] for n in norms], dtype=torch.int32)
         self._act_code = torch.tensor([fused.ACT_CODES[a] for a in acts], dtype=torch.int32)
         self._width_code = {l: torch.tensor([self.rw[g][l] for g in range(G)], dtype=torch.int32) for l in range(1, D + 1)}
+        self._store_slope = fused.stores_slope(acts)
         # layers some models skip (pass-through)
         self.active = {
             l: torch.tensor([d >= l for d in depths]).view(G, 1, 1) for l in range(1, D + 1) if min(depths) < l
@@ -549,7 +549,6 @@ class ModelGroup:
         self.drop_scale = (1.0 / (1.0 - p)).float()
         self._drop_thr = torch.round(p * 2**31).to(torch.int64)
         self._drop_base = torch.tensor([derive_seeds(c.seed)[2] & _M31 for c in cfgs], dtype=torch.int64).view(G, 1, 1)
-        self._drop_thr_code, self._drop_scale_code = self._drop_thr.view(-1).clone(), self.drop_scale.view(-1).clone()
         Wmax = max(W[1:])
         self._pos = (
             torch.arange(self.batch_size, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE
@@ -743,9 +742,9 @@ class ModelGroup:
         norm = self.has_norm_params
         h, _, bn_mean, bn_var, _, _ = torch.ops.hubedit.group_layer(
             z, params[f"b{l}"], params[f"g{l}"] if norm else None, params[f"n{l}"] if norm else None,
-            self._dropout_key(step, l).view(-1) if step is not None else None, self._drop_thr_code, self._drop_scale_code,
-            self._norm_code, self._act_code, self._width_code[l], self.norm_eps,
-            bool(set(self._act_onehot) - {"relu", "leaky_relu"}),
+            self._dropout_key(step, l).view(-1) if step is not None else None, self._drop_thr.view(-1),
+            self.drop_scale.view(-1), self._norm_code, self._act_code, self._width_code[l], self.norm_eps,
+            self._store_slope,
         )
         if "batchnorm" in self._norm_sel:
             self._update_running_stats(l, bn_mean, bn_var, z.shape[1])
@@ -773,11 +772,11 @@ class ModelGroup:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.G, -1, -1)
         W = self.W
+        dropout = training and step is not None and self.has_dropout
         hs = [x]
         for l in range(1, self.D + 1):
             blocks = self.in_blocks[l]
             inp = hs[l - 1] if len(blocks) == 1 else torch.cat([hs[s] for s, _ in blocks], -1)
-            dropout = training and step is not None and self.has_dropout
             if training and self.use_fused:  # the kernel adds the bias
                 h = self._fused_layer(params, torch.bmm(inp, params[f"w{l}"]), l, step if dropout else None)
             else:
