@@ -7,7 +7,8 @@ What it does, per task:
 1. Samples the ``paper`` preset's 4,000 configurations and plans its training groups exactly as
    ``build_zoo`` would.
 2. Picks ``--groups`` of those groups (spread over batch sizes and sizes) and trains each with the batched
-   trainer as a build would (compiled when the build would compile it): after compilation and warm-up,
+   trainer as a build would (the whole-step kernel where it is built, else the torch formulation, compiled
+   when the build would compile it): after compilation (if any) and warm-up,
    ``--steps`` optimiser steps are timed (CPU time of the one training thread, so other load on the machine
    does not inflate it). Seconds per epoch = seconds per step x steps per epoch.
 3. Trains every configuration of those groups (or ``--plain N`` of them) with :func:`train_single` (a real
@@ -84,6 +85,7 @@ def time_group(configs, X, y, steps, backend):
     """(compile seconds, CPU seconds per step, group) of a group trained as a build would."""
     with _single_thread():
         g = ModelGroup(configs)
+        g.use_native = backend == "native"
         N = len(y)
         gens = [torch.Generator().manual_seed(derive_seeds(c.seed)[1]) for c in g.configs]
         perms = torch.stack([torch.randperm(N, generator=gen) for gen in gens])

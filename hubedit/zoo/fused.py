@@ -8,7 +8,12 @@ the forward pass reads ``z`` for the statistics and once more to write the outpu
 derivative where that is cheaper to keep than to recompute); the backward pass draws the dropout mask
 again (see that file for the exact conventions).
 
-The source is compiled once per machine with the system C++ compiler (the one ``torch.compile`` needs
+``kernels/group_step.cpp`` goes further: :func:`group_step` runs a whole training step of a group
+(forward pass, loss, backward pass, AdamW) model after model, each at its real, unpadded size, reusing the
+same per-model layer code (``kernels/layer_kernels.h``) with small register-blocked matrix products. The
+trainer uses it wherever it is built; the custom op is what the torch formulation uses otherwise.
+
+The sources are compiled once per machine with the system C++ compiler (the one ``torch.compile`` needs
 anyway; GCC or Clang with C++20, x86-64 Linux with glibc's libmvec) into ``$HUBEDIT_KERNEL_CACHE``
 (default ``~/.cache/hubedit/kernels``), loaded with ``ctypes`` and exposed as the torch custom op
 ``hubedit::group_layer`` with its autograd formula, so it runs eagerly and inside compiled graphs alike.
@@ -30,7 +35,14 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "group_layer.cpp"
+_KERNELS = Path(__file__).with_name("kernels")
+#: compiled and linked into one library; the header is part of the cache key
+SOURCES = (_KERNELS / "group_layer.cpp", _KERNELS / "group_step.cpp")
+HEADERS = (_KERNELS / "layer_kernels.h",)
+#: limits of the whole-step kernel (group_step.cpp's kMaxLayers / kMaxBlocks); larger groups train with
+#: the per-layer kernels
+MAX_LAYERS = 8
+MAX_BLOCKS = 8
 #: compile flags: vectorised loops (libmvec's expf / erff / tanhf need -ffast-math); the shared library
 #: is linked without -ffast-math so that loading it does not switch the process to flush-to-zero
 _COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++20"]
@@ -67,15 +79,17 @@ def _cpu_flags() -> bytes:
 def _build(cxx: str) -> Path:
     """Compile the kernels (once per source, compiler, flags and CPU) and return the shared library's path.
     Written to a temporary name and renamed, so concurrent build workers never load a half-written file."""
-    ident = [SOURCE.read_bytes(), cxx.encode(), " ".join(_COMPILE + _LINK).encode(), _cpu_flags()]
+    ident = [*(f.read_bytes() for f in SOURCES + HEADERS), cxx.encode(), " ".join(_COMPILE + _LINK).encode(), _cpu_flags()]
     key = hashlib.sha256(b"\0".join(ident)).hexdigest()[:16]
     lib = _cache_dir() / f"group_layer-{key}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-        obj, out = Path(tmp) / "group_layer.o", Path(tmp) / "group_layer.so"
-        for cmd in ([cxx, *_COMPILE, "-c", str(SOURCE), "-o", str(obj)], [cxx, str(obj), "-o", str(out), *_LINK]):
+        objs = [str(Path(tmp) / f"{src.stem}.o") for src in SOURCES]
+        out = Path(tmp) / "group_layer.so"
+        cmds = [[cxx, *_COMPILE, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs)]
+        for cmd in cmds + [[cxx, *objs, "-o", str(out), *_LINK]]:
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
@@ -101,6 +115,8 @@ def _library() -> ctypes.CDLL | None:
     lib.hubedit_group_layer_backward.argtypes = [p, i64, i64] + [p] * 15 + [i64] * 3 + [f32] + [p] * 4
     lib.hubedit_group_layer_backward.restype = None
     lib.hubedit_group_layer_max_width.restype = ctypes.c_int
+    lib.hubedit_group_step.argtypes = [p, p, p, p, i64, i64, f32, f32, p]
+    lib.hubedit_group_step.restype = None
     return lib
 
 
@@ -230,3 +246,45 @@ def _backward(ctx, grad_h, *_):
 
 
 group_layer.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole-step kernel (kernels/group_step.cpp)
+# --------------------------------------------------------------------------------------------------
+_L = MAX_LAYERS + 1
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+class GroupPlan(ctypes.Structure):
+    """A group's layout and per-model plan for :func:`group_step` (``GroupPlan`` in group_step.cpp)."""
+
+    _fields_ = [
+        ("G", _I64), ("F", _I64), ("O", _I64), ("D", _I64), ("eps", ctypes.c_float),
+        ("W", _I64 * _L), ("K", _I64 * _L),
+        ("off_w", _I64 * _L), ("off_b", _I64 * _L), ("off_g", _I64 * _L), ("off_n", _I64 * _L),
+        ("off_wout", _I64), ("off_bout", _I64),
+        ("nblk", _I64 * _L), ("blk_src", (_I64 * MAX_BLOCKS) * _L), ("blk_row", (_I64 * MAX_BLOCKS) * _L),
+        ("depth", _PTR), ("rw", _PTR), ("blk_used", _PTR), ("norm", _PTR), ("act", _PTR),
+        ("drop_base", _PTR), ("drop_thr", _PTR), ("drop_scale", _PTR), ("seg", _PTR), ("seg_ptr", _PTR),
+        ("running_mean", _PTR * _L), ("running_var", _PTR * _L),
+    ]
+
+
+class GroupState(ctypes.Structure):
+    """Pointers to a group's parameter, gradient and AdamW buffers and per-model hyper-parameters."""
+
+    _fields_ = [("flat", _PTR), ("grad", _PTR), ("exp_avg", _PTR), ("exp_avg_sq", _PTR), ("lr", _PTR),
+                ("decay", _PTR), ("alive", _PTR)]
+
+
+def group_step(plan: GroupPlan, state: GroupState, x: torch.Tensor, y: torch.Tensor, step: int, scale: float,
+               eps_term: float) -> torch.Tensor:
+    """One training step of every live model of a group (forward, loss, backward, AdamW), model by model
+    at its real size; ``x`` ``(G, B, F)`` float32 and ``y`` ``(G, B)`` int64, contiguous. Returns each
+    model's mean loss ``(G,)``; a model whose loss is not finite was left as it was."""
+    loss = torch.empty(plan.G)
+    _library().hubedit_group_step(
+        ctypes.addressof(plan), ctypes.addressof(state), x.data_ptr(), y.data_ptr(), y.shape[1], step, scale, eps_term,
+        loss.data_ptr(),
+    )
+    return loss

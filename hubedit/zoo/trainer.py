@@ -33,14 +33,20 @@ number of steps) as one computation in which every tensor has a leading model ax
   so it cannot contaminate the others; a test checks the others stay bit-identical) and reported in
   :attr:`GroupResult.diverged`; *all* of its checkpoints are dropped, so every configuration in a zoo has
   its full set of checkpoints.
-* **Speed**: each hidden layer's bias, norm, activation and dropout run in fused C++ kernels
-  (:mod:`hubedit.zoo.fused`): every model's ``(B, W)`` block with its own kinds, in cache (the torch
-  formulation in :meth:`ModelGroup._norm` / :meth:`ModelGroup._act` is the reference, and the fallback
-  without a C++ compiler). Groups large enough to repay it run under ``torch.compile`` (fused CPU kernels
-  around them; ~10-25 s to compile a group), small ones eagerly (:func:`choose_backend`, decided from the configurations only).
+* **Speed**: where the C++ kernels are built (:mod:`hubedit.zoo.fused`), a whole training step of the
+  group -- every model's forward pass, loss, backward pass and AdamW update -- is one call of the
+  whole-step kernel (:func:`fused.group_step`, backend ``"native"``). It trains each model at its *real*
+  size on its own blocks of the padded buffers (padded entries are never touched), in cache, with small
+  register-blocked matrix products: no padded multiply-adds, no compilation, and a model's result does not
+  depend on its group. The planner then only cuts groups of similar models to at most ``max_group_size``.
+  Without a C++ compiler (or with ``HUBEDIT_FUSED_KERNELS=0``) the torch formulation above trains instead:
+  groups large enough to repay it under ``torch.compile`` (~10-25 s to compile a group), small ones eagerly
+  (:func:`choose_backend`, decided from the configurations only), with :func:`plan_groups` choosing groups
+  by dynamic programming over a calibrated cost model (padding matters there); its hidden layers' bias,
+  norm, activation and dropout also run in fused per-layer kernels where those are available. It is the
+  reference the kernels are tested against.
   Training runs on one thread with denormals flushed and freed memory kept in the process (no page
   faults on every step's activation buffers); a build runs one worker process per core.
-  :func:`plan_groups` chooses the groups by dynamic programming over a calibrated cost model.
 
 At each checkpoint epoch every model is extracted, unpadded, into a real :class:`~hubedit.mlp.MLP` (eval
 mode, BatchNorm running statistics included), serialised with :meth:`MLP.to_bytes` (byte-deterministic:
@@ -87,6 +93,7 @@ __all__ = [
     "steps_per_epoch",
     "gather_batch",
     "choose_backend",
+    "native_available",
     "compile_available",
     "group_cost",
     "CostModel",
@@ -95,7 +102,8 @@ __all__ = [
 #: Changes whenever the trainer's arithmetic changes (the same seed then gives other bytes); a zoo build
 #: refuses to resume groups trained by another revision. 2: two-class loss as softplus of the logit difference.
 #: 3: hidden layers' norm / activation / dropout by the fused kernels (hubedit.zoo.fused).
-TRAINER_REVISION = 3
+#: 4: whole training steps by the whole-step kernel (hubedit.zoo.fused.group_step), each model at its real size.
+TRAINER_REVISION = 4
 
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -235,6 +243,28 @@ class CostModel:
 #: nothing there, and no cache cliff showed up in that range; compilation ~11 s per group
 COMPILED_COST = CostModel(1.8e-3, 0.061e-9, 2.1e-9, 1.6e-9, 0.0, 2.5e6, 1.0, 11.0)
 EAGER_COST = CostModel(4e-3, 0.07e-9, 40e-9, 3e-9, 0.1, 2.5e6, 1.5, 0.0)
+#: the whole-step kernel (:func:`fused.group_step`): the same form, over each model's *real* parameters
+#: and units (padding costs nothing there) summed over the group; fitted to measured steps (see
+#: :data:`COMPILED_COST`: 16 groups of the paper plans, within 20% each); mixing and cache terms unused
+NATIVE_COST = CostModel(2.2e-4, 0.047e-9, 2.8e-9, 1.0e-9, 0.0, 0.0, 1.0, 0.0)
+
+
+def _real_size(c: ZooConfig) -> tuple[int, int]:
+    """(parameters, hidden units) of one configuration's MLP, unpadded."""
+    m = c.mlp
+    w = m.widths
+    P = sum(w[i] * w[i + 1] + w[i + 1] for i in range(m.depth + 1)) + sum(w[s] * w[d] for s, d in m.skips)
+    if m.norm != "none":
+        P += 2 * sum(m.hidden)
+    return P, sum(m.hidden)
+
+
+def _native_cost(cs: Sequence[ZooConfig], n_rows: int) -> float:
+    """Estimated CPU seconds to train ``cs`` as one group with the whole-step kernel."""
+    B = cs[0].train.batch_size
+    k = NATIVE_COST
+    step = k.overhead + sum(B * (k.per_param * P + k.per_unit * U) + k.per_adam * P for P, U in map(_real_size, cs))
+    return step * steps_per_epoch(n_rows, B) * max(c.train.epochs for c in cs)
 
 
 class _ShapeAcc:
@@ -295,7 +325,10 @@ def _acc_of(cs: Sequence[ZooConfig]) -> _ShapeAcc:
 
 def group_cost(cs: Sequence[ZooConfig], n_rows: int, cost: CostModel | None = None) -> float:
     """Estimated CPU seconds to train ``cs`` as one group on ``n_rows`` rows (see :class:`CostModel`);
-    without ``cost``, with the cheaper of eager and compiled training (compilation included)."""
+    without ``cost``, with the backend :func:`choose_backend` picks (``"auto"``: the whole-step kernel,
+    else the cheaper of eager and compiled training, compilation included)."""
+    if cost is NATIVE_COST or (cost is None and native_available(cs)):
+        return _native_cost(cs, n_rows)
     acc = _acc_of(cs)
     if cost is None:
         return _best(acc, cs[0].train.batch_size, n_rows)[0]
@@ -319,8 +352,11 @@ def plan_groups(configs: Sequence[ZooConfig], n_rows: int, max_group_size: int =
     are sorted by depth, widths (last hidden layer first), skip connections and activation, and the
     sorted list is cut into consecutive groups of at most ``max_group_size`` by dynamic programming,
     minimising the estimated training time (:func:`group_cost`): large groups amortise per-step and
-    compilation overheads, homogeneous ones waste less on padding (and a little on mixed activations). The plan
-    depends only on the configurations and ``n_rows``, so an interrupted build resumes the same plan.
+    compilation overheads, homogeneous ones waste less on padding (and a little on mixed activations).
+    Where the whole-step kernel trains them (:func:`native_available`), padding costs nothing and the sorted
+    list is cut into near-equal groups of at most ``max_group_size``. The plan depends only on the
+    configurations, ``n_rows`` and whether the kernels are built, so an interrupted build resumes the same
+    plan (a build records the last and refuses to resume under the other).
     """
     if max_group_size < 1:
         raise ConfigError(f"max_group_size must be positive, got {max_group_size}")
@@ -331,6 +367,11 @@ def plan_groups(configs: Sequence[ZooConfig], n_rows: int, max_group_size: int =
     for key in sorted(buckets):
         members = sorted(buckets[key], key=_plan_key)
         n = len(members)
+        if native_available(members):
+            k = -(-n // max_group_size)
+            bounds = [round(i * n / k) for i in range(k + 1)]
+            groups += [[c.config_id for c in members[a:b]] for a, b in zip(bounds, bounds[1:])]
+            continue
         B = members[0].train.batch_size
         best = [0.0] + [math.inf] * n
         cut = [0] * (n + 1)
@@ -566,6 +607,11 @@ class ModelGroup:
         # ---- initial weights, per model from its own seed
         for g, c in enumerate(cfgs):
             self.load_model(g, init_state_dict(c.mlp, derive_seeds(c.seed)[0]))
+        # ---- the whole-step kernel: every model's step at its real size (see train_step)
+        self.use_native = (
+            self.use_fused and D <= fused.MAX_LAYERS and max(len(b) for b in self.in_blocks.values()) <= fused.MAX_BLOCKS
+        )
+        self._native: tuple | None = None
 
     def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:
         """Parameter ``name`` of every model: a contiguous ``(G, *shape)`` block of a 1-D state buffer."""
@@ -580,6 +626,70 @@ class ModelGroup:
     def _refresh_hyper(self) -> None:
         self._lr_full = self._per_element(self.lr.float())
         self._decay_full = self._per_element(self.decay)
+        self._lr32 = self.lr.float().view(-1).contiguous()
+
+    def _real_segments(self, g: int) -> list[tuple[int, int]]:
+        """``(offset, length)`` runs of model ``g``'s real entries in the 1-D state buffers (the entries
+        ``pmask`` marks), for the whole-step kernel's optimiser."""
+        segs = []
+        for _, name, idx in self._slots(g):
+            off, shape = self.offsets[name]
+            base = self.G * off + g * math.prod(shape)
+            if len(idx) == 1:
+                segs.append((base + (idx[0].start or 0), len(range(*idx[0].indices(shape[0])))))
+                continue
+            rows, cols = range(*idx[0].indices(shape[0])), range(*idx[1].indices(shape[1]))
+            if len(cols) == shape[1]:  # whole rows: one run
+                segs.append((base + rows.start * shape[1], len(rows) * shape[1]))
+            else:
+                segs += [(base + r * shape[1] + cols.start, len(cols)) for r in rows]
+        return segs
+
+    def _native_plan(self) -> tuple:
+        """The ``GroupPlan`` / ``GroupState`` structures of :func:`fused.group_step` (built once; they point
+        into this group's tensors, which are kept alive with them)."""
+        if self._native is not None:
+            return self._native
+        G, D = self.G, self.D
+        plan = fused.GroupPlan(G=G, F=self.F_in, O=self.O, D=D, eps=self.norm_eps)
+        plan.W[0] = self.W[0]
+        for l in range(1, D + 1):
+            plan.W[l], plan.K[l] = self.W[l], self.K[l]
+            plan.off_w[l], plan.off_b[l] = self.offsets[f"w{l}"][0], self.offsets[f"b{l}"][0]
+            plan.off_g[l] = self.offsets[f"g{l}"][0] if self.has_norm_params else -1
+            plan.off_n[l] = self.offsets[f"n{l}"][0] if self.has_norm_params else -1
+            plan.nblk[l] = len(self.in_blocks[l])
+            for j, (src, row) in enumerate(self.in_blocks[l]):
+                plan.blk_src[l][j], plan.blk_row[l][j] = src, row
+            plan.running_mean[l] = self.running_mean[l].data_ptr()
+            plan.running_var[l] = self.running_var[l].data_ptr()
+        plan.off_wout, plan.off_bout = self.offsets["wout"][0], self.offsets["bout"][0]
+        used = torch.zeros(G, D + 1, dtype=torch.int32)
+        for g, c in enumerate(self.configs):
+            for l in range(1, c.mlp.depth + 1):
+                srcs = [s for s, _ in self.in_blocks[l]]
+                used[g, l] = 1 | sum(1 << srcs.index(s) for s in c.mlp.skips_into(l))
+        segs = [self._real_segments(g) for g in range(G)]
+        keep = {
+            "depth": torch.tensor(self.depths, dtype=torch.int32),
+            "rw": torch.tensor(self.rw, dtype=torch.int32),
+            "blk_used": used,
+            "norm": self._norm_code,
+            "act": self._act_code,
+            "drop_base": self._drop_base.view(-1).contiguous(),
+            "drop_thr": self._drop_thr.view(-1).contiguous(),
+            "drop_scale": self.drop_scale.view(-1).contiguous(),
+            "seg": torch.tensor([s for ss in segs for s in ss], dtype=torch.int64).view(-1, 2),
+            "seg_ptr": torch.tensor(np.cumsum([0] + [len(ss) for ss in segs]), dtype=torch.int64),
+        }
+        for name, t in keep.items():
+            setattr(plan, name, t.data_ptr())
+        state = fused.GroupState(
+            flat=self.flat.data_ptr(), grad=self.grad.data_ptr(), exp_avg=self.exp_avg.data_ptr(),
+            exp_avg_sq=self.exp_avg_sq.data_ptr(), alive=self.alive.data_ptr(),
+        )
+        self._native = (plan, state, keep)
+        return self._native
 
     # ---- mapping between one model's state dict and its slots in the padded tensors ---------------
     def _slots(self, g: int):
@@ -865,8 +975,28 @@ class ModelGroup:
                 self.running_mean[l][g].zero_()
                 self.running_var[l][g].fill_(1.0)
 
+    def _native_step(self, xb: torch.Tensor, yb: torch.Tensor, where: str) -> None:
+        """:meth:`train_step` by the whole-step kernel (:func:`fused.group_step`)."""
+        plan, state, _ = self._native_plan()
+        state.lr, state.decay = self._lr32.data_ptr(), self.decay.data_ptr()  # replaced by kill()
+        t = self.step_count + 1
+        bc1, bc2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
+        per = fused.group_step(
+            plan, state, xb.contiguous(), yb.to(torch.int64).contiguous(), self.step_count,
+            -math.sqrt(bc2) / bc1, ADAM_EPS * math.sqrt(bc2),
+        )
+        self.bn_steps += 1
+        finite = torch.isfinite(per)
+        if not bool(finite.all()):
+            self.kill(torch.nonzero(~finite & self.alive).flatten().tolist(), f"non-finite loss at {where}")
+        self.step_count += 1
+
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor, where: str = "", compiled: bool = False) -> None:
-        """One optimiser step on per-model batches ``xb (G, B, F)``, ``yb (G, B)``."""
+        """One optimiser step on per-model batches ``xb (G, B, F)``, ``yb (G, B)``: by the whole-step kernel
+        where :attr:`use_native`, else by the torch formulation (``compiled``: its ``torch.compile`` d form,
+        see :meth:`enable_compile`)."""
+        if self.use_native:
+            return self._native_step(xb, yb, where)
         step = torch.tensor(self.step_count, dtype=torch.int64)
         compiled = compiled and self._compiled is not None and yb.shape[1] == self.batch_size
         if compiled:
@@ -921,10 +1051,26 @@ class GroupResult:
     backend: str = "eager"
 
 
+def native_available(configs: Sequence[ZooConfig]) -> bool:
+    """Whether the whole-step kernel (:func:`fused.group_step`) can train these configurations here: the
+    kernels are built, and depth and widths are within its limits (always, for the zoo table)."""
+    return (
+        fused.available()
+        and max(c.mlp.depth for c in configs) <= fused.MAX_LAYERS
+        and max(max(c.mlp.hidden) for c in configs) <= fused.max_width()
+    )
+
+
 def choose_backend(configs: Sequence[ZooConfig], n_rows: int, compile: "bool | str" = "auto") -> str:
-    """``"compiled"`` or ``"eager"`` for a group. ``"auto"`` compiles when the cost model expects
-    compilation (~10-20 s) to pay for itself. A function of the configurations, the data size and the
-    environment (a C++ compiler), never of timing, so a rebuild makes the same choice."""
+    """``"native"``, ``"compiled"`` or ``"eager"`` for a group.
+
+    ``"native"`` (the whole-step kernel, :func:`native_available`) wherever it can, unless ``compile`` is
+    True. ``compile`` is about the torch formulation, which trains where the kernel cannot: True compiles
+    it (and asks for it even where the kernel could train), False never does, ``"auto"`` compiles when the
+    cost model expects compilation (~10-20 s) to pay for itself. A function of the configurations, the
+    data size and the environment (a C++ compiler), never of timing, so a rebuild makes the same choice."""
+    if compile is not True and native_available(configs):
+        return "native"
     if compile == "auto":
         compile = _best(_acc_of(configs), configs[0].train.batch_size, n_rows)[1] == "compiled"
     return "compiled" if compile and compile_available() else "eager"
@@ -1003,15 +1149,18 @@ def train_group(
     group_in = configs
     cfgs = configs.configs if isinstance(configs, ModelGroup) else list(configs)
     backend = choose_backend(cfgs, len(y), compile)
+    if isinstance(configs, ModelGroup) and not configs.use_native and backend == "native":
+        backend = "eager"  # a prepared group that was told not to use the kernel
     with _single_thread():
         if backend == "compiled":
             try:
-                return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, True)
+                return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, backend)
             except Exception as exc:  # compilation problems surface on the first compiled step
                 if isinstance(configs, ModelGroup) or not _is_compile_error(exc):
                     raise
                 warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training this group eagerly")
-        return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, False)
+                backend = "eager"
+        return _train_group(t, group_in, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, backend)
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -1019,10 +1168,12 @@ def _is_compile_error(exc: BaseException) -> bool:
     return mod.startswith(("torch._dynamo", "torch._inductor")) or "compile" in str(exc).lower()
 
 
-def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, compiled) -> GroupResult:
+def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, backend: str) -> GroupResult:
     group = configs if isinstance(configs, ModelGroup) else ModelGroup(configs)
     if X.shape[1] != group.F_in:
         raise ConfigError(f"task {t.name!r} has {X.shape[1]} features, the configurations expect {group.F_in}")
+    group.use_native = backend == "native"
+    compiled = backend == "compiled"
     if compiled:
         group.enable_compile()
     sets = eval_sets if eval_sets is not None else (evaluation_data(t) if evaluate else {})
@@ -1079,7 +1230,7 @@ def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval
         train_seconds=train_s,
         eval_seconds=eval_s,
         config_ids=sorted(c.config_id for c in group.configs),
-        backend="compiled" if compiled else "eager",
+        backend=backend,
     )
 
 
