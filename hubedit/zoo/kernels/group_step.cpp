@@ -96,6 +96,12 @@ inline void gemm_rows(int64_t N, int64_t K, const float* A, int64_t a_rs, int64_
 // (K x N, row stride ldb). Row-major; sizes of tiny MLPs (N, K up to a few hundred).
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* Bm, int64_t ldb,
           float* C, int64_t ldc, bool acc) {
+  constexpr int64_t KC = 64;  // long reductions (weight gradients over the batch) in slices that stay in L1
+  if (K > KC) {
+    for (int64_t k0 = 0; k0 < K; k0 += KC)
+      gemm(M, N, std::min(KC, K - k0), A + k0 * a_cs, a_rs, a_cs, Bm + k0 * ldb, ldb, C, ldc, acc || k0 > 0);
+    return;
+  }
   int64_t m = 0;
   if (N >= 32) {
     for (; m + 4 <= M; m += 4) gemm_rows<4>(N, K, A + m * a_rs, a_rs, a_cs, Bm, ldb, C + m * ldc, ldc, acc);

@@ -8,6 +8,10 @@
 
 namespace {
 
+// the per-element helpers are forced inline: in a large translation unit (group_step.cpp) gcc's inliner
+// budget otherwise leaves some as calls, and the loops that call them stop vectorising
+#define HUBEDIT_INLINE inline __attribute__((always_inline))
+
 constexpr float kSlope = 0.01f;
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
@@ -19,7 +23,7 @@ constexpr bool stores_slope(int act) { return act >= 2; }
 // The trainer's _hash31 (int64 in torch) in 32-bit arithmetic: its operands are below 2^31 and every
 // step keeps only the low 31 bits of a product, which the low 32 bits determine -- the same values, with
 // the vector unit's fast 32-bit multiply.
-inline uint32_t hash31(uint32_t x) {
+HUBEDIT_INLINE uint32_t hash31(uint32_t x) {
   x ^= x >> 16;
   x = (x * 0x7FEB352Du) & kM31;
   x ^= x >> 15;
@@ -40,21 +44,21 @@ struct Block {
 };
 
 template <bool KEEP>
-inline float keep_of(uint32_t row_key, int64_t w, uint32_t thr, float scale) {
+HUBEDIT_INLINE float keep_of(uint32_t row_key, int64_t w, uint32_t thr, float scale) {
   if constexpr (KEEP) return hash31((row_key + (uint32_t)w) & kM31) >= thr ? scale : 0.f;
   return 1.f;
 }
 
 // sigmoid without an overflowing exp: -ffast-math assumes finite values, and 1 / (1 + expf(-y)) returns
 // NaN instead of 0 once expf(-y) overflows (y < -88)
-inline float sigmoid(float y) {
+HUBEDIT_INLINE float sigmoid(float y) {
   const float e = expf(-fabsf(y));
   const float r = 1.f / (1.f + e);
   return y >= 0.f ? r : e * r;
 }
 
 template <int ACT>
-inline float act_value(float y) {
+HUBEDIT_INLINE float act_value(float y) {
   if constexpr (ACT == 0) return y > 0.f ? y : 0.f;
   if constexpr (ACT == 1) return y > 0.f ? y : y * kSlope;
   if constexpr (ACT == 2) return y * (0.5f * (1.f + erff(y * kInvSqrt2)));
@@ -64,7 +68,7 @@ inline float act_value(float y) {
 }
 
 template <int ACT>
-inline float act_slope(float y) {
+HUBEDIT_INLINE float act_slope(float y) {
   if constexpr (ACT == 0) return y > 0.f ? 1.f : 0.f;
   if constexpr (ACT == 1) return y > 0.f ? 1.f : kSlope;
   if constexpr (ACT == 2) return 0.5f * (1.f + erff(y * kInvSqrt2)) + y * expf(-0.5f * y * y) * kInvSqrt2Pi;
@@ -84,7 +88,7 @@ inline float act_slope(float y) {
 // take every per-block value as a local (restrict) pointer or scalar: read through the Block struct,
 // gcc cannot vectorise the loops that also draw dropout (measured 5-30x slower).
 template <int NORM>
-inline float normed(const float* __restrict gamma, const float* __restrict beta, float z, int64_t w,
+HUBEDIT_INLINE float normed(const float* __restrict gamma, const float* __restrict beta, float z, int64_t w,
                     const float* __restrict mean, const float* __restrict rstd, float m, float r) {
   if constexpr (NORM == 0) return z;
   if constexpr (NORM == 1) return (z - mean[w]) * rstd[w] * gamma[w] + beta[w];
@@ -160,7 +164,7 @@ void block_forward(const Block& p, const float* z, float* h, float* d, float* bn
 // gy = dL/dy of one row: the output gradient times the activation's derivative and the dropout factor,
 // recomputed from z for relu / leaky relu, read from d for the others.
 template <int NORM, int ACT, bool KEEP>
-inline void row_gy(const Block& p, int64_t b, const float* __restrict g, const float* __restrict zr,
+HUBEDIT_INLINE void row_gy(const Block& p, int64_t b, const float* __restrict g, const float* __restrict zr,
                    const float* __restrict dr, const float* __restrict mean, const float* __restrict rstd, float m,
                    float r, float* __restrict gy) {
   const float *__restrict gamma = p.gamma, *__restrict beta = p.beta, *__restrict bias = p.bias;
