@@ -211,3 +211,18 @@ def test_native_models_do_not_depend_on_their_group():
     for g, c in enumerate(small.configs):
         a, b = big.state_dict_of(rows[c.config_id]), small.state_dict_of(g)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_kernels
+def test_native_step_refuses_malformed_batches():
+    group = ModelGroup(_zoo_of_every_kind()[:3])
+    xb, yb = _batch(group, 8, 0)
+    plan, state, _ = group._native_plan()
+    before = group.flat.clone()
+    with pytest.raises(ValueError, match=r"float32 \(G, B, F\)"):
+        fused.group_step(plan, state, xb.double(), yb, 0, -1.0, 1e-8)
+    with pytest.raises(ValueError, match=r"float32 \(G, B, F\)"):
+        fused.group_step(plan, state, xb[:, :, :-1].contiguous(), yb, 0, -1.0, 1e-8)
+    with pytest.raises(ValueError, match="int64"):
+        fused.group_step(plan, state, xb, yb.int(), 0, -1.0, 1e-8)
+    assert torch.equal(group.flat, before)  # nothing was touched

@@ -372,8 +372,10 @@ def build_zoo(
     see the module docstring), save the :class:`~hubedit.zoo.Zoo` to ``out`` and return it.
 
     ``n_configs`` / ``epochs`` override the preset (checkpoints move with ``epochs``). ``workers``:
-    training processes (default: one per core, at most 2). ``compile``: ``"auto"`` (compile groups
-    large enough to repay it), True or False; part of the build's identity (a resume must match).
+    training processes (default: one per core, at most 2). ``compile``: ``"auto"`` or False (the
+    whole-step kernel where it is built; otherwise the torch formulation, compiled for groups large enough
+    to repay it under ``"auto"``), or True (the compiled torch formulation everywhere); part of the
+    build's identity (a resume must match).
     The same arguments give byte-identical weights.
     """
     from .dataset import Zoo

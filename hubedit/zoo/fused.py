@@ -282,6 +282,13 @@ def group_step(plan: GroupPlan, state: GroupState, x: torch.Tensor, y: torch.Ten
     """One training step of every live model of a group (forward, loss, backward, AdamW), model by model
     at its real size; ``x`` ``(G, B, F)`` float32 and ``y`` ``(G, B)`` int64, contiguous. Returns each
     model's mean loss ``(G,)``; a model whose loss is not finite was left as it was."""
+    want = (plan.G, y.shape[1] if y.dim() == 2 else -1, plan.F)
+    if x.dtype != torch.float32 or tuple(x.shape) != want or not x.is_contiguous():
+        raise ValueError(f"group_step expects x as a contiguous float32 (G, B, F) = {want} tensor, got {x.dtype} {tuple(x.shape)}")
+    if y.dtype != torch.int64 or tuple(y.shape) != want[:2] or not y.is_contiguous() or want[1] < 2:
+        raise ValueError(f"group_step expects y as a contiguous int64 (G, B) tensor with B >= 2, got {y.dtype} {tuple(y.shape)}")
+    if plan.O > 2 and bool(((y < 0) | (y >= plan.O)).any()):  # the kernel indexes the logits by label
+        raise ValueError(f"group_step expects labels in [0, {plan.O}), got {int(y.min())}..{int(y.max())}")
     loss = torch.empty(plan.G)
     _library().hubedit_group_step(
         ctypes.addressof(plan), ctypes.addressof(state), x.data_ptr(), y.data_ptr(), y.shape[1], step, scale, eps_term,

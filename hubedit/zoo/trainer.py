@@ -1141,8 +1141,9 @@ def train_group(
     ``configs`` may be a prepared :class:`ModelGroup` (tests use this to tamper with one model).
     ``on_epoch(epoch, n_models)`` is called after every epoch. ``max_steps_per_epoch`` truncates epochs
     (benchmarks only). ``data`` / ``eval_sets`` override :func:`training_data` / :func:`evaluation_data`.
-    ``compile``: True, False or "auto" (see :func:`choose_backend`); compiled and eager training agree to
-    float rounding, not bitwise. If compilation fails, the group is retrained eagerly from the start.
+    ``compile``: True, False or "auto" (see :func:`choose_backend`: the whole-step kernel unless True or
+    unavailable); the kernel, compiled and eager training agree to float rounding, not bitwise. If
+    compilation fails, the group is retrained eagerly from the start.
     """
     t = _as_task(task)
     X, y = data if data is not None else training_data(t, max_train_rows)
