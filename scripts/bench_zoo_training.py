@@ -52,6 +52,7 @@ from hubedit.zoo.trainer import (
     COMPILED_COST,
     ModelGroup,
     _batches,
+    _real_size,
     _single_thread,
     choose_backend,
     derive_seeds,
@@ -164,7 +165,8 @@ def bench_task(task_name, args, rng):
         model_est = group_cost(cfgs, N) - (COMPILED_COST.compile if backend == "compiled" else 0.0)
         measured[i] = dict(bs=g.batch_size, G=g.G, epoch_s=epoch_s, comp_s=comp_s, backend=backend,
                            est_train=model_est, meas_train=epoch_s * preset.epochs)
-        rows.append([task_name, i, g.batch_size, g.G, g.D, "/".join(map(str, g.W[1:])), g.P, backend,
+        real_p = round(statistics.mean(_real_size(c)[0] for c in cfgs))
+        rows.append([task_name, i, g.batch_size, g.G, g.D, "/".join(map(str, g.W[1:])), g.P, real_p, backend,
                      f"{comp_s:.1f}", f"{step_s * 1e3:.1f}", f"{epoch_s:.2f}", f"{epoch_s / g.G * 1e3:.1f}"])
         print("  " + " | ".join(map(str, rows[-1])), flush=True)
         timed = cfgs if args.plain <= 0 else rng.sample(cfgs, min(len(cfgs), max(1, args.plain // len(chosen))))
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
 
     print("\nMeasured groups of the paper plan (compile = compilation + 2 warm-up steps, s, the larger of CPU and wall):")
     print(tabulate([r for res in results for r in res["rows"]],
-                   headers=["task", "group", "batch", "G", "depth", "padded widths", "params/model", "backend",
+                   headers=["task", "group", "batch", "G", "depth", "padded widths", "padded params/model",
+                            "real params/model (mean)", "backend",
                             "compile s", "ms/step", "s/epoch", "ms/model-epoch"]))
     print("\nThroughput on the same configurations (one core each, steady state):")
     table = []

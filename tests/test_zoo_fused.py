@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 import sys
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -147,15 +148,17 @@ def test_kernels_stay_finite_and_exact_on_extreme_pre_activations():
 # --- the whole-step kernel ------------------------------------------------------------------------------
 def _batch(group, B, seed):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(group.G, B, group.F_in, generator=gen) * 2, torch.randint(0, 2, (group.G, B), generator=gen)
+    return torch.randn(group.G, B, group.F_in, generator=gen) * 2, torch.randint(0, group.O, (group.G, B), generator=gen)
 
 
 @needs_kernels
-def test_native_step_equals_torch_formulation():
+@pytest.mark.parametrize("classes", [2, 3])
+def test_native_step_equals_torch_formulation(classes):
     """One step of the whole-step kernel from the same state as the torch formulation: same gradients,
     BatchNorm running statistics and AdamW update (every norm x activation, depths 1-4, skips, dropout,
-    padding); padded entries stay exact zeros."""
-    native, ref = _fused_and_reference(_zoo_of_every_kind())
+    padding; the two-class loss and the general cross-entropy); padded entries stay exact zeros."""
+    configs = [replace(c, mlp=replace(c.mlp, out_features=classes)) for c in _zoo_of_every_kind()]
+    native, ref = _fused_and_reference(configs)
     ref.use_native = False
     assert native.use_native
     for k, step in enumerate((0, 7, 30)):
