@@ -229,3 +229,22 @@ def test_native_step_refuses_malformed_batches():
     with pytest.raises(ValueError, match="int64"):
         fused.group_step(plan, state, xb, yb.int(), 0, -1.0, 1e-8)
     assert torch.equal(group.flat, before)  # nothing was touched
+
+
+@needs_kernels
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_native_step_leaves_a_non_finite_model_untouched(activation):
+    """A model fed a NaN is reported (NaN loss) and not updated; the others train. Checked from the bits
+    (the kernels are compiled with -ffast-math, under which isfinite() may be folded to true) and on the
+    gradients too: a relu maps NaN to 0 in the forward pass, so only the weight gradient shows it."""
+    group = ModelGroup([_config(i, (16, 32), activation, "none", ((0, 2),)) for i in range(4)])
+    xb, yb = _batch(group, 16, 0)
+    xb[2, 5, 3] = float("nan")
+    plan, state, _ = group._native_plan()
+    state.lr, state.decay = group._lr32.data_ptr(), group.decay.data_ptr()
+    before = {n: group.p[n].detach().clone() for n in group.p}
+    loss = fused.group_step(plan, state, xb, yb, 0, -1.0, 1e-8)
+    assert torch.isnan(loss[2]) and torch.isfinite(loss[[0, 1, 3]]).all()
+    for n, t in group.p.items():
+        assert torch.equal(t[2], before[n][2]), n
+        assert not torch.equal(t[0], before[n][0]), n

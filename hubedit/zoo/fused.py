@@ -39,8 +39,9 @@ _KERNELS = Path(__file__).with_name("kernels")
 #: compiled and linked into one library; the header is part of the cache key
 SOURCES = (_KERNELS / "group_layer.cpp", _KERNELS / "group_step.cpp")
 HEADERS = (_KERNELS / "layer_kernels.h",)
-#: limits of the whole-step kernel (group_step.cpp's kMaxLayers / kMaxBlocks); larger groups train with
-#: the per-layer kernels
+#: limits of the whole-step kernel (group_step.cpp's kMaxLayers / kMaxBlocks): deeper models train with
+#: the torch formulation. Hidden layer l has at most l input blocks (the previous layer and skips from
+#: earlier ones), so MAX_BLOCKS = MAX_LAYERS is never the binding limit.
 MAX_LAYERS = 8
 MAX_BLOCKS = 8
 #: compile flags: vectorised loops (libmvec's expf / erff / tanhf need -ffast-math); the shared library

@@ -608,9 +608,7 @@ class ModelGroup:
         for g, c in enumerate(cfgs):
             self.load_model(g, init_state_dict(c.mlp, derive_seeds(c.seed)[0]))
         # ---- the whole-step kernel: every model's step at its real size (see train_step)
-        self.use_native = (
-            self.use_fused and D <= fused.MAX_LAYERS and max(len(b) for b in self.in_blocks.values()) <= fused.MAX_BLOCKS
-        )
+        self.use_native = native_available(cfgs)
         self._native: tuple | None = None
 
     def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:

@@ -16,7 +16,8 @@
 //   * a hidden layer is z = sum over the model's input blocks of h_src @ W_block, then bias, norm,
 //     activation and dropout (layer_kernels.h: block_forward / block_backward);
 //   * the loss is the model's mean cross-entropy over its batch (two classes: softplus of the logit
-//     difference); a model whose loss is not finite is left untouched and reported (the caller freezes it);
+//     difference); a model whose loss or gradient is not finite is left untouched and reported with a NaN
+//     loss (the caller freezes it);
 //   * AdamW on the model's real entries only (the segments list), torch's update rule.
 #include <math.h>
 #include <stdint.h>
@@ -111,6 +112,29 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t
   for (; m < M; ++m) gemm_rows<1>(N, K, A + m * a_rs, a_rs, a_cs, Bm, ldb, C + m * ldc, ldc, acc);
 }
 
+// isfinite from the bits: -ffast-math lets the compiler assume finite values and fold isfinite() to true
+inline bool finite_bits(double v) {
+  uint64_t u;
+  memcpy(&u, &v, sizeof u);
+  return ((u >> 52) & 0x7FF) != 0x7FF;
+}
+
+// whether every entry of the (offset, length) segments of buf is finite (from the bits, as above)
+bool finite_grads(const float* buf, const int64_t* seg, int64_t n_seg) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n_seg; ++i) {
+    const float* __restrict p = buf + seg[2 * i];
+    const int64_t len = seg[2 * i + 1];
+#pragma omp simd reduction(| : bad)
+    for (int64_t k = 0; k < len; ++k) {
+      uint32_t u;
+      memcpy(&u, p + k, sizeof u);
+      bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+    }
+  }
+  return bad == 0;
+}
+
 // dst (cols x rows) = transpose of the (rows x cols) block at src with row stride lds
 void transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst) {
   for (int64_t r = 0; r < rows; ++r)
@@ -197,6 +221,22 @@ void hubedit_group_step(const GroupPlan* P, const GroupState* S, const float* x,
     float* grad = S->grad;
     auto wslab = [&](float* buf, int64_t l) { return buf + G * P->off_w[l] + g * P->K[l] * P->W[l]; };
     auto vec = [&](float* buf, int64_t off, int64_t l) { return buf + G * off + g * P->W[l]; };
+    // hidden layer l's per-model block: bias, norm parameters, dropout draw (ModelGroup._dropout_key)
+    auto layer_block = [&](int64_t l) {
+      const int64_t n = rw[l];
+      const uint32_t key = hash31((uint32_t)((uint64_t)P->drop_base[g] + (uint64_t)step * 0x9E3779B1ull +
+                                             (uint64_t)l * 0x632BE5ABull) & kM31);
+      return Block{vec(flat, P->off_b[l], l),
+                   norm ? vec(flat, P->off_g[l], l) : nullptr,
+                   norm ? vec(flat, P->off_n[l], l) : nullptr,
+                   keep ? key : 0u,
+                   keep ? (uint32_t)P->drop_thr[g] : 0u,
+                   keep ? P->drop_scale[g] : 1.f,
+                   B,
+                   n,
+                   n,
+                   P->eps};
+    };
     // input of the first layer: the model's batch rows (stride F)
     const float* xg = x + g * B * F;
     auto src_of = [&](int64_t s, int64_t& ld) -> const float* {
@@ -216,18 +256,7 @@ void hubedit_group_step(const GroupPlan* P, const GroupState* S, const float* x,
         gemm(B, n, rw[P->blk_src[l][j]], a, ld, 1, wl + P->blk_row[l][j] * Wl, Wl, z[l], n, !first);
         first = false;
       }
-      const uint32_t key = hash31((uint32_t)((uint64_t)P->drop_base[g] + (uint64_t)step * 0x9E3779B1ull +
-                                             (uint64_t)l * 0x632BE5ABull) & kM31);
-      const Block p{vec(flat, P->off_b[l], l),
-                    norm ? vec(flat, P->off_g[l], l) : nullptr,
-                    norm ? vec(flat, P->off_n[l], l) : nullptr,
-                    keep ? key : 0u,
-                    keep ? (uint32_t)P->drop_thr[g] : 0u,
-                    keep ? P->drop_scale[g] : 1.f,
-                    B,
-                    n,
-                    n,
-                    P->eps};
+      const Block p = layer_block(l);
       float* s = st[l];  // BatchNorm: mean, var (n each); LayerNorm: mean, rstd (B each)
       dispatch(norm, act, keep, [&]<int N, int A, bool K>() {
         block_forward<N, A, K>(p, z[l], h[l], d[l], s, s + n, s, s + B);
@@ -270,7 +299,7 @@ void hubedit_group_step(const GroupPlan* P, const GroupState* S, const float* x,
       }
     }
     loss[g] = (float)(total / (double)B);
-    if (!isfinite(total)) {
+    if (!finite_bits(total)) {  // not updated; the caller freezes the model
       loss[g] = NAN;
       continue;
     }
@@ -289,18 +318,7 @@ void hubedit_group_step(const GroupPlan* P, const GroupState* S, const float* x,
     gemm(B, nd, O, glog.data(), O, 1, wt.data(), nd, gh[dg], nd, false);
     for (int64_t l = dg; l >= 1; --l) {
       const int64_t n = rw[l], Wl = P->W[l];
-      const uint32_t key = hash31((uint32_t)((uint64_t)P->drop_base[g] + (uint64_t)step * 0x9E3779B1ull +
-                                             (uint64_t)l * 0x632BE5ABull) & kM31);
-      const Block p{vec(flat, P->off_b[l], l),
-                    norm ? vec(flat, P->off_g[l], l) : nullptr,
-                    norm ? vec(flat, P->off_n[l], l) : nullptr,
-                    keep ? key : 0u,
-                    keep ? (uint32_t)P->drop_thr[g] : 0u,
-                    keep ? P->drop_scale[g] : 1.f,
-                    B,
-                    n,
-                    n,
-                    P->eps};
+      const Block p = layer_block(l);
       const float* s = st[l];
       float* gg = norm ? vec(grad, P->off_g[l], l) : nullptr;
       float* gb = norm ? vec(grad, P->off_n[l], l) : nullptr;
@@ -320,6 +338,12 @@ void hubedit_group_step(const GroupPlan* P, const GroupState* S, const float* x,
         transpose(ns, n, wl + row * Wl, Wl, wt.data());  // (n, ns)
         gemm(B, ns, n, gz.data(), n, 1, wt.data(), ns, gh[src], ns, true);  // gh_src += gz @ W_block^T
       }
+    }
+
+    // ---- a non-finite gradient (NaN inputs or weights that a relu hid from the loss): report, do not update
+    if (!finite_grads(grad, P->seg + 2 * P->seg_ptr[g], P->seg_ptr[g + 1] - P->seg_ptr[g])) {
+      loss[g] = NAN;
+      continue;
     }
 
     // ---- AdamW on the model's real entries (torch.optim.AdamW's rule, decoupled decay)
