@@ -307,6 +307,15 @@ def build_checkpoints(
     return checkpoints, info
 
 
+def _credit(credited: dict[int, float], i: int, step: float, size: int) -> float:
+    """Credit group ``i`` with ``step`` models of progress, at most up to its ``size``; returns what was
+    credited. A worker's last epoch messages can arrive after its group was credited in full on completion
+    (the queue is asynchronous): without the cap the bar ran past its total."""
+    step = max(0.0, min(step, size - credited[i]))
+    credited[i] += step
+    return step
+
+
 def _run_parallel(task, plan, pending, by_id, build_dir, options, n_workers, bar, finished) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -321,9 +330,7 @@ def _run_parallel(task, plan, pending, by_id, build_dir, options, n_workers, bar
     def drain() -> None:
         while queue is not None and not queue.empty():
             i, g = queue.get_nowait()
-            step = g / epochs[i]
-            credited[i] += step
-            bar.update(step)
+            bar.update(_credit(credited, i, g / epochs[i], len(plan[i])))
 
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
     try:
