@@ -224,13 +224,17 @@ def test_batched_training_is_as_good_as_the_plain_loop():
 
 
 @pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
-def test_compiled_training_matches_eager(bank_configs):
+def test_kernel_compiled_and_eager_backends_train_the_same_models(bank_configs):
     cfgs = [c for c in bank_configs if c.mlp.depth <= 2][:3] or bank_configs[:2]
     cfgs = [replace(c, train=replace(c.train, batch_size=cfgs[0].train.batch_size, epochs=1), checkpoint_epochs=(1,)) for c in cfgs]
     eager = train_group("bank", cfgs, compile=False)  # the whole-step kernel where it is built
     compiled = train_group("bank", cfgs, compile=True)
     assert compiled.backend == "compiled" and eager.backend != "compiled"
-    for a, b in zip(eager.checkpoints, compiled.checkpoints):
+    torch_eager = ModelGroup(cfgs)
+    torch_eager.use_native = False  # the torch formulation, eagerly (what runs without a C++ compiler)
+    plain = train_group("bank", torch_eager, compile=False)
+    assert plain.backend == "eager"
+    for a, b in [*zip(eager.checkpoints, compiled.checkpoints), *zip(eager.checkpoints, plain.checkpoints)]:
         sa, sb = MLP.from_bytes(a.weights).state_dict(), MLP.from_bytes(b.weights).state_dict()
         for k in sa:
             assert torch.allclose(sa[k].float(), sb[k].float(), atol=2e-3, rtol=1e-2), k
