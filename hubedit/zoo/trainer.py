@@ -622,9 +622,14 @@ class ModelGroup:
         return torch.cat([v.expand(self.G, math.prod(shape)).reshape(-1) for _, shape in self.offsets.values()])
 
     def _refresh_hyper(self) -> None:
-        self._lr_full = self._per_element(self.lr.float())
-        self._decay_full = self._per_element(self.decay)
-        self._lr32 = self.lr.float().view(-1).contiguous()
+        self._hyper_full: tuple[torch.Tensor, torch.Tensor] | None = None  # rebuilt on the eager path's next step
+
+    def _per_element_hyper(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Learning rate and decay per element of the 1-D buffers (the eager optimiser's operands; built on
+        first use, so groups trained by the whole-step kernel never allocate them)."""
+        if self._hyper_full is None:
+            self._hyper_full = (self._per_element(self.lr.float()), self._per_element(self.decay))
+        return self._hyper_full
 
     def _real_segments(self, g: int) -> list[tuple[int, int]]:
         """``(offset, length)`` runs of model ``g``'s real entries in the 1-D state buffers (the entries
@@ -682,9 +687,12 @@ class ModelGroup:
         }
         for name, t in keep.items():
             setattr(plan, name, t.data_ptr())
+        # learning rates as float32, fixed here: kill() changes only frozen models', which the kernel skips
+        keep["lr"] = self.lr.float().view(-1).contiguous()
         state = fused.GroupState(
             flat=self.flat.data_ptr(), grad=self.grad.data_ptr(), exp_avg=self.exp_avg.data_ptr(),
-            exp_avg_sq=self.exp_avg_sq.data_ptr(), alive=self.alive.data_ptr(),
+            exp_avg_sq=self.exp_avg_sq.data_ptr(), lr=keep["lr"].data_ptr(), decay=self.decay.data_ptr(),
+            alive=self.alive.data_ptr(),
         )
         self._native = (plan, state, keep)
         return self._native
@@ -976,7 +984,6 @@ class ModelGroup:
     def _native_step(self, xb: torch.Tensor, yb: torch.Tensor, where: str) -> None:
         """:meth:`train_step` by the whole-step kernel (:func:`fused.group_step`)."""
         plan, state, _ = self._native_plan()
-        state.lr, state.decay = self._lr32.data_ptr(), self.decay.data_ptr()  # replaced by kill()
         t = self.step_count + 1
         bc1, bc2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
         per = fused.group_step(
@@ -1030,9 +1037,10 @@ class ModelGroup:
                 scale = torch.tensor(-math.sqrt(bc2) / bc1, dtype=torch.float32)
                 self._compiled[1](ps, grads, ms, vs, masks, self._decays, self._lrs, scale, eps_term)
             else:
+                lr_full, decay_full = self._per_element_hyper()
                 _adamw_update(
-                    self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.pmask, self._decay_full,
-                    self._lr_full, -math.sqrt(bc2) / bc1, eps_term,
+                    self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.pmask, decay_full, lr_full,
+                    -math.sqrt(bc2) / bc1, eps_term,
                 )
 
 
