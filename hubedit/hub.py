@@ -116,3 +116,34 @@ def committing(what: str) -> Iterator[None]:
     except httpx2.TransportError as exc:  # connection refused, DNS, timeouts: the client's transport errors
         raise HubError(f"publishing to {what} failed, the endpoint is unreachable ({type(exc).__name__}: {exc}); "
                        "nothing was committed") from exc
+
+
+def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str) -> Path | None:
+    """Tell a local folder from a Hub repo id before anything is downloaded.
+
+    Returns the folder when ``name_or_path`` is an existing directory, ``None`` when it is a valid repo id
+    (``name`` or ``namespace/name``) that does not exist locally. Anything else -- a mistyped path such as
+    ``./editors/prune`` or ``/tmp/x/y/z``, an existing *file* -- raises :class:`HubError` naming both readings,
+    instead of the client's ``HFValidationError`` traceback. ``what`` names the object ("editor", "zoo", ...).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if path.exists():
+        raise HubError(f"{what} {text!r} is a file; expected a folder, or a Hub repo id ('namespace/name')")
+    # a path-like spelling, or a parent folder that exists here: a mistyped local path, not a repo id
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or (
+        "/" in text and path.parent.is_dir())
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise HubError(
+            f"{what} {text!r} is not an existing local folder, and not a Hub repo id either "
+            "(expected a folder, or 'namespace/name')"
+        )
+    return None
