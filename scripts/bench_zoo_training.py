@@ -163,16 +163,16 @@ def bench_task(task_name, args, rng):
         spe = steps_per_epoch(N, g.batch_size)
         epoch_s = step_s * spe
         model_est = group_cost(cfgs, N) - (COMPILED_COST.compile if backend == "compiled" else 0.0)
-        measured[i] = dict(bs=g.batch_size, G=g.G, epoch_s=epoch_s, comp_s=comp_s, backend=backend,
+        measured[i] = dict(bs=g.batch_size, G=g.n_models, epoch_s=epoch_s, comp_s=comp_s, backend=backend,
                            est_train=model_est, meas_train=epoch_s * preset.epochs)
         real_p = round(statistics.mean(_real_size(c)[0] for c in cfgs))
-        rows.append([task_name, i, g.batch_size, g.G, g.D, "/".join(map(str, g.W[1:])), g.P, real_p, backend,
-                     f"{comp_s:.1f}", f"{step_s * 1e3:.1f}", f"{epoch_s:.2f}", f"{epoch_s / g.G * 1e3:.1f}"])
+        rows.append([task_name, i, g.batch_size, g.n_models, g.depth, "/".join(map(str, g.widths[1:])), g.n_params, real_p, backend,
+                     f"{comp_s:.1f}", f"{step_s * 1e3:.1f}", f"{epoch_s:.2f}", f"{epoch_s / g.n_models * 1e3:.1f}"])
         print("  " + " | ".join(map(str, rows[-1])), flush=True)
         timed = cfgs if args.plain <= 0 else rng.sample(cfgs, min(len(cfgs), max(1, args.plain // len(chosen))))
         measured[i]["plain_cfgs"] = timed
         # a few extractions for the evaluation cost
-        measured[i]["models"] = [g.extract(k) for k in range(min(3, g.G))]
+        measured[i]["models"] = [g.extract(k) for k in range(min(3, g.n_models))]
 
     # plain per-model loop on configurations of the same groups (all of them with --plain 0)
     n_plain = 0

@@ -409,7 +409,7 @@ def _label(editor) -> str:
 
 def write_report(path: Path, *, args, plan: Plan, argv: list[str], started: str, log: Log, zoos: dict, results: dict,
                  composition, sample_eff, editors: dict, matched: dict | None = None) -> None:
-    from hubedit.evaluation.pareto import to_markdown
+    from hubedit.metrics.pareto import to_markdown
     from hubedit.evaluation.protocol import machine_info
     from tabulate import tabulate
 

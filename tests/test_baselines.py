@@ -29,7 +29,7 @@ from hubedit.baselines import (
     snip_prune,
     snip_scores,
 )
-from hubedit.evaluation.metrics import equalized_odds_difference, jsd
+from hubedit.metrics.scores import equalized_odds_difference, jsd
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------

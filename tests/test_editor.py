@@ -8,7 +8,7 @@ import torch
 
 from hubedit import MLP, MLPConfig, load_task
 from hubedit.editor import Editor, EditedMLP
-from hubedit.editor.core import evaluate_edits, folded_values, run_edit, score
+from hubedit.editor.editing import evaluate_edits, folded_values, run_edit, score
 from hubedit.errors import ConfigError, CorruptFileError, FeatureMismatchError, NonFiniteWeightsError, UnsupportedArchitectureError
 from hubedit.graph import batch_to_mlps, mlp_to_graph, mlps_to_batch
 from hubedit.requirements import get_requirement

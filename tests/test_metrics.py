@@ -1,4 +1,4 @@
-"""Tests of hubedit.evaluation: metrics against fairlearn / scipy, Pareto tools against brute force, plots, timing."""
+"""Tests of hubedit.metrics: metrics against fairlearn / scipy, Pareto tools against brute force, plots, timing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fairlearn.metrics import equalized_odds_difference as fl_eod
 from scipy.spatial.distance import jensenshannon
 
 from hubedit import MLP, MLPConfig
-from hubedit.evaluation import (
+from hubedit.metrics import (
     DEFAULT_REF,
     LN2,
     TimingResult,
@@ -37,7 +37,7 @@ from hubedit.evaluation import (
     timing_table,
     to_markdown,
 )
-from hubedit.evaluation import timing as timing_mod
+from hubedit.metrics import timing as timing_mod
 
 
 def fairlearn_eod(y_true, y_pred, s) -> float:
@@ -412,7 +412,7 @@ def test_plotting_leaves_pyplot_and_backend_alone(tmp_path):
     # a user who chose another backend keeps it; pyplot (global figure state) is never imported
     code = (
         "import sys, matplotlib; "
-        "from hubedit.evaluation import pareto_plot; "
+        "from hubedit.metrics import pareto_plot; "
         f"pareto_plot({{'a': [[0, 0.1], [1, 0.0]]}}, {str(tmp_path / 'p.png')!r}, xlabel='x'); "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"

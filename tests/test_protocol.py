@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hubedit.editor import Editor
-from hubedit.evaluation import LN2, pareto_front
+from hubedit.metrics import LN2, pareto_front
 from hubedit.evaluation.experiments import (
     load_or_train_editor,
     run_composition,
@@ -52,7 +52,7 @@ def half_mask_editor(requirement: str, model, *, variant: str | None = None, lam
     """A fresh editor whose mask heads are centred on ``model``: it drops about half of that model's features
     or weights (other models: more or fewer), optionally adding ``edit_bias`` to every weight through the first
     residual head."""
-    from hubedit.editor.core import lambda_condition
+    from hubedit.editor.editing import lambda_condition
     from hubedit.graph import mlps_to_batch
 
     torch.manual_seed(seed)
@@ -273,7 +273,7 @@ def test_baselines_in_worker_processes_give_the_same_points(zoo):
 def test_matched_pruning_is_magnitude_at_the_editors_per_model_count(zoo):
     from hubedit.baselines import magnitude_prune
     from hubedit.evaluation.matched import matched_comparison
-    from hubedit.evaluation.metrics import jsd
+    from hubedit.metrics.scores import jsd
 
     ref = zoo["test"][0].to_module()
     ed = half_mask_editor("prune", ref, variant="prune-edit")
@@ -310,7 +310,7 @@ def test_matched_pruning_is_magnitude_at_the_editors_per_model_count(zoo):
 def test_matched_minimisation_is_fs_at_the_editors_feature_count(zoo):
     from hubedit.baselines import feature_selection
     from hubedit.evaluation.matched import matched_comparison
-    from hubedit.evaluation.metrics import jsd
+    from hubedit.metrics.scores import jsd
 
     ref = zoo["test"][0].to_module()
     ed = half_mask_editor("minimise", ref, variant="gmn")

@@ -43,8 +43,8 @@ def test_fused_training_step_equals_torch_formulation(step):
     fast, ref = _fused_and_reference(_zoo_of_every_kind())
     assert fast.use_fused and not ref.use_fused
     gen = torch.Generator().manual_seed(3)
-    xb = torch.randn(fast.G, 48, 16, generator=gen) * 2
-    yb = torch.randint(0, 2, (fast.G, 48), generator=gen)
+    xb = torch.randn(fast.n_models, 48, 16, generator=gen) * 2
+    yb = torch.randint(0, 2, (fast.n_models, 48), generator=gen)
     st = None if step is None else torch.tensor(step)
     loss_f, grads_f = _loss_and_grads(fast, xb, yb, st)
     loss_r, grads_r = _loss_and_grads(ref, xb, yb, st)
@@ -69,9 +69,9 @@ def test_kernel_dropout_draw_is_the_groups_keep_mask():
     group = ModelGroup(cfgs)
     B, step = 40, torch.tensor(123)
     for l in (1, 2):
-        z = torch.ones(group.G, B, group.W[l])
+        z = torch.ones(group.n_models, B, group.widths[l])
         h, d, *_ = torch.ops.hubedit.group_layer(
-            z, torch.zeros(group.G, group.W[l]), None, None, group._dropout_key(step, l).view(-1), group._drop_thr.view(-1), group.drop_scale.view(-1),
+            z, torch.zeros(group.n_models, group.widths[l]), None, None, group._dropout_key(step, l).view(-1), group._drop_thr.view(-1), group.drop_scale.view(-1),
             group._norm_code, group._act_code, group._width_code[l], group.norm_eps, False,
         )
         keep = group._dropout_keep(step, l, B)
@@ -86,9 +86,9 @@ def test_fused_training_forward_matches_extracted_models():
     group = ModelGroup([c for c in _zoo_of_every_kind() if c.mlp.dropout == 0.0])
     _randomise(group, 4)
     assert group.use_fused
-    xb = torch.randn(group.G, 32, 16)
+    xb = torch.randn(group.n_models, 32, 16)
     out = group.forward(xb, training=True)
-    for g in range(group.G):
+    for g in range(group.n_models):
         ref = group.extract(g).train()(xb[g])
         torch.testing.assert_close(out[g], ref, rtol=1e-5, atol=1e-5)
 
@@ -148,7 +148,7 @@ def test_kernels_stay_finite_and_exact_on_extreme_pre_activations():
 # --- the whole-step kernel ------------------------------------------------------------------------------
 def _batch(group, B, seed):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(group.G, B, group.F_in, generator=gen) * 2, torch.randint(0, group.O, (group.G, B), generator=gen)
+    return torch.randn(group.n_models, B, group.in_features, generator=gen) * 2, torch.randint(0, group.out_features, (group.n_models, B), generator=gen)
 
 
 @needs_kernels
@@ -183,7 +183,7 @@ def test_native_step_equals_torch_formulation(classes):
         for g, c in enumerate(native.configs):  # running statistics of the models' real BatchNorm layers
             if c.mlp.norm == "batchnorm":
                 for l in range(1, c.mlp.depth + 1):
-                    w = native.rw[g][l]
+                    w = native.real_widths[g][l]
                     torch.testing.assert_close(native.running_mean[l][g, :w], ref.running_mean[l][g, :w], rtol=1e-5, atol=1e-6)
                     torch.testing.assert_close(native.running_var[l][g, :w], ref.running_var[l][g, :w], rtol=1e-5, atol=1e-6)
 
@@ -191,7 +191,7 @@ def test_native_step_equals_torch_formulation(classes):
 def test_native_segments_are_exactly_the_real_entries():
     group = ModelGroup(_zoo_of_every_kind())
     cover = torch.zeros_like(group.pmask)
-    for g in range(group.G):
+    for g in range(group.n_models):
         for off, n in group._real_segments(g):
             cover[off : off + n] += 1
     assert torch.equal(cover, group.pmask)

@@ -92,20 +92,20 @@ def test_init_is_nn_linear_default_and_group_independent():
 
 def test_batched_forward_equals_mlp_forward():
     group = ModelGroup(_zoo_of_every_kind())
-    assert group.D == 4 and len(group._norm_sel) == 3 and len(group._act_onehot) == len(ACTIVATIONS)
+    assert group.depth == 4 and len(group._norm_sel) == 3 and len(group._act_onehot) == len(ACTIVATIONS)
     _randomise(group)
     x = torch.randn(50, 16)
     with torch.no_grad():
         out = group.forward(x)  # eval mode
-        for g in range(group.G):
+        for g in range(group.n_models):
             ref = group.extract(g)(x)
             assert torch.allclose(out[g], ref, atol=1e-5, rtol=1e-5), group.configs[g].mlp
         # training mode (batch statistics) without dropout, each model its own batch
         nodrop = ModelGroup([replace(c, mlp=replace(c.mlp, dropout=0.0)) for c in _zoo_of_every_kind()])
         _randomise(nodrop, 1)
-        xb = torch.randn(nodrop.G, 32, 16)
+        xb = torch.randn(nodrop.n_models, 32, 16)
         out = nodrop.forward(xb, training=True)
-        for g in range(nodrop.G):
+        for g in range(nodrop.n_models):
             ref = nodrop.extract(g).train()(xb[g])
             assert torch.allclose(out[g], ref, atol=1e-5, rtol=1e-5)
 
@@ -129,13 +129,13 @@ def test_per_model_loss_is_each_models_cross_entropy():
     group = ModelGroup([replace(c, mlp=replace(c.mlp, dropout=0.0)) for c in _zoo_of_every_kind()])
     _randomise(group, 2)
     gen = torch.Generator().manual_seed(3)
-    xb = torch.randn(group.G, 40, 16, generator=gen) * 3
-    yb = torch.randint(0, 2, (group.G, 40), generator=gen)
+    xb = torch.randn(group.n_models, 40, 16, generator=gen) * 3
+    yb = torch.randint(0, 2, (group.n_models, 40), generator=gen)
     with torch.no_grad():
         per = group._per_model_loss(group.p, xb, yb, None)
         logits = group.forward(xb, training=True)
-    assert per.shape == (group.G,)
-    for g in range(group.G):
+    assert per.shape == (group.n_models,)
+    for g in range(group.n_models):
         ref = torch.nn.functional.cross_entropy(logits[g], yb[g])
         assert torch.allclose(per[g], ref, rtol=1e-6, atol=1e-7), (g, per[g], ref)
 

@@ -15,7 +15,7 @@ points (``cost_constraint`` / ``constraints`` variants aside).
 """
 
 from .fairness import CalEqOdds, FairCls, MLPScoreEstimator, RejectOption, ThresholdOpt
-from .minimisation import (
+from .feature_selection import (
     feature_selection,
     fs_retrain,
     input_weight_names,
@@ -23,7 +23,7 @@ from .minimisation import (
     permutation_importance,
     select_features,
 )
-from .pruning import (
+from .weight_pruning import (
     global_topk_masks,
     grad_prune,
     grad_scores,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.metrics import jsd
+from ..metrics.scores import jsd
 from ..mlp import MLP
 
 __all__ = ["jsd", "clone_model", "ce_loss", "check_data", "guarded_epochs"]

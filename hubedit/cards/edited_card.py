@@ -118,7 +118,7 @@ def baseline_fronts(reference, task, requirement: str, *, split: str = "test", f
     """
     import torch
 
-    from ..evaluation.metrics import equalized_odds_difference, jsd
+    from ..metrics.scores import equalized_odds_difference, jsd
 
     key = requirement_info(requirement)["metric"]
     X, y, s = task.split(split)
@@ -186,8 +186,8 @@ def dominance_sentence(dominated_by: list[str], requirement: str) -> str:
 
 def pareto_position(point: tuple[float, float], fronts: Mapping[str, list], notes: Mapping[str, str] | None,
                     requirement: str) -> ParetoPosition:
-    """Place ``point`` among ``fronts`` and say which methods dominate it (:func:`hubedit.evaluation.dominance_table`)."""
-    from ..evaluation.pareto import dominance_table
+    """Place ``point`` among ``fronts`` and say which methods dominate it (:func:`hubedit.metrics.dominance_table`)."""
+    from ..metrics.pareto import dominance_table
 
     clean = {str(k): [[float(x), float(y)] for x, y in np.asarray(v, dtype=np.float64).reshape(-1, 2).tolist()]
              for k, v in fronts.items()}
@@ -208,7 +208,7 @@ def pareto_position(point: tuple[float, float], fronts: Mapping[str, list], note
 
 def write_pareto_plot(position: ParetoPosition | Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
     """``pareto.png``: each method's points, this model's point as a gold star."""
-    from ..evaluation.plots import pareto_plot
+    from ..metrics.plots import pareto_plot
 
     pos = position if isinstance(position, ParetoPosition) else ParetoPosition.from_dict(position)
     return pareto_plot(pos.fronts, path, xlabel=pos.x_label, ylabel="JSD to the original (mean)", title=title,

@@ -54,7 +54,7 @@ class EditorModelCard(ModelCard):
 
 
 def _front_png(points: list[dict], label: str, lam_range) -> bytes | None:
-    from ..evaluation.plots import pareto_figure
+    from ..metrics.plots import pareto_figure
 
     pts = [[float(p["metric"]), float(p["jsd"])] for p in points
            if p.get("metric") is not None and p.get("jsd") is not None

@@ -74,7 +74,7 @@ def _pareto(args: argparse.Namespace) -> int:
     from ..editor import Editor
     from ..errors import ConfigError
     from ..evaluation.protocol import ProtocolConfig, run_protocol
-    from ..evaluation.pareto import to_markdown
+    from ..metrics.pareto import to_markdown
     from ..zoo import Zoo
 
     if args.threads:

@@ -87,7 +87,7 @@ class EditedMLP(MLP):
     @torch.no_grad()
     def evaluate(self, task, split: str = "test", reference: MLP | None = None) -> dict[str, Any]:
         """Accuracy, JSD to ``reference`` (the original model), and the compliance metrics on a split."""
-        from ..evaluation.metrics import equalized_odds_difference, group_rates, jsd
+        from ..metrics.scores import equalized_odds_difference, group_rates, jsd
 
         X, y, s = task.split(split)
         probs = self.predict_proba(X)

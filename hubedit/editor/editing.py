@@ -11,7 +11,7 @@ import math
 import torch
 from torch_geometric.data import Data
 
-from ..evaluation.metrics import jsd_from_logits
+from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
 from ..graph.encoding import INPUT
 from ..metanet.model import EditOutput, GraphMetanetwork

@@ -25,7 +25,7 @@ from ..graph import batch_to_mlps, mlps_to_batch
 from ..metanet.model import GraphMetanetwork
 from ..mlp import MLP
 from ..requirements import get_requirement
-from .core import folded_values, run_edit
+from .editing import folded_values, run_edit
 from .edited import EditedMLP
 
 WEIGHTS_NAME = "model.safetensors"

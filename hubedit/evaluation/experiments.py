@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .metrics import jsd
-from .pareto import DEFAULT_REF, hypervolume, to_markdown
+from ..metrics.scores import jsd
+from ..metrics.pareto import DEFAULT_REF, hypervolume, to_markdown
 from .protocol import (
     ProtocolConfig,
     ProtocolResult,
@@ -116,7 +116,7 @@ class CompositionResult:
         }
 
     def plot(self, path: str | os.PathLike) -> Path:
-        from .plots import pareto_plot
+        from ..metrics.plots import pareto_plot
 
         return pareto_plot(self.groups(), path, xlabel="fraction of weights kept", ylabel="mean JSD (test)",
                            title=f"Data minimisation then pruning on {self.task.capitalize()}")
@@ -208,7 +208,7 @@ def run_composition(
     """
     from tqdm.auto import tqdm
 
-    from .. import baselines as B
+    from .. import baselines
 
     t_start = time.perf_counter()
     task = zoo.task
@@ -243,14 +243,14 @@ def run_composition(
 
     def prune_b(model, keep):
         if prune_baseline == "random":
-            return B.random_prune(model, keep, seed=seed)
+            return baselines.random_prune(model, keep, seed=seed)
         if prune_baseline == "magnitude":
-            return B.magnitude_prune(model, keep)
+            return baselines.magnitude_prune(model, keep)
         if prune_baseline == "grad":
-            return B.grad_prune(model, keep, Xe, ye)
+            return baselines.grad_prune(model, keep, Xe, ye)
         if prune_baseline == "snip":
-            return B.snip_prune(model, keep, Xe, ye, seed=seed)
-        return B.lottery_ticket_prune(model, keep, Xe, ye, seed=seed)
+            return baselines.snip_prune(model, keep, Xe, ye, seed=seed)
+        return baselines.lottery_ticket_prune(model, keep, Xe, ye, seed=seed)
 
     for d in dm_runs:
         dm_edited = d.edit_many(models)
@@ -276,11 +276,11 @@ def run_composition(
             k = int(dkf[i])
             if (i, k) not in dm_cache:
                 if i not in importance:
-                    importance[i] = B.permutation_importance(model, Xe, ye, n_repeats=pfi_repeats, seed=seed)
+                    importance[i] = baselines.permutation_importance(model, Xe, ye, n_repeats=pfi_repeats, seed=seed)
                 if dm_baseline == "fs":
-                    dm_cache[i, k] = B.feature_selection(model, None, None, k, importance=importance[i])[0]
+                    dm_cache[i, k] = baselines.feature_selection(model, None, None, k, importance=importance[i])[0]
                 else:
-                    dm_cache[i, k] = B.fs_retrain(model, Xe, k, importance=importance[i], epochs=fs_retrain_epochs,
+                    dm_cache[i, k] = baselines.fs_retrain(model, Xe, k, importance=importance[i], epochs=fs_retrain_epochs,
                                                   seed=seed)[0]
             base_dm.append(dm_cache[i, k])
         bkf, bwk, bj, bacc = _measure(base_dm, ref, X, y)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import jsd
-from .pareto import to_markdown
+from ..metrics.scores import jsd
+from ..metrics.pareto import to_markdown
 from .protocol import _subset, editor_runs, kept_features, nonzero_weights
 
 __all__ = ["MatchedResult", "matched_comparison", "MATCHED_BASELINES"]
@@ -100,7 +100,7 @@ def matched_comparison(
 ) -> MatchedResult:
     """Compare every run of ``editors`` (see :func:`~hubedit.evaluation.protocol.editor_runs`) with the
     requirement's matched baseline on ``zoo[split]`` (a seeded subset of ``max_models``, the protocol's)."""
-    from .. import baselines as B
+    from .. import baselines
 
     if requirement not in MATCHED_BASELINES:
         raise ValueError(f"matched comparisons exist for {sorted(MATCHED_BASELINES)}, got {requirement!r}")
@@ -137,11 +137,11 @@ def matched_comparison(
                 full.append((k == 0, k >= n))
                 if (i, k) not in baseline_cache:
                     if requirement == "prune":
-                        base = B.magnitude_prune(orig, n_keep=k)
+                        base = baselines.magnitude_prune(orig, n_keep=k)
                     else:
                         if i not in importance:
-                            importance[i] = B.permutation_importance(orig, Xe, ye, n_repeats=pfi_repeats, seed=seed)
-                        base = B.mask_input_features(orig, B.select_features(importance[i], k)) if k < n else orig
+                            importance[i] = baselines.permutation_importance(orig, Xe, ye, n_repeats=pfi_repeats, seed=seed)
+                        base = baselines.mask_input_features(orig, baselines.select_features(importance[i], k)) if k < n else orig
                     with torch.no_grad():
                         p = base.predict_proba(X).double()
                     baseline_cache[i, k] = np.asarray([float(jsd(ref[i], p).mean()), float((p.argmax(-1) == y).double().mean())])

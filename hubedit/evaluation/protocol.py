@@ -8,7 +8,7 @@ computes the mean requirement metric, mean JSD to the original model and mean ac
 * over the zoo's **test** models, on the task's *test* split (what is reported).
 
 Points are chosen on validation (the Pareto front of a method's validation points) and reported on test
-(:func:`~hubedit.evaluation.pareto.select_on_validation`); the chosen test points form the method's front.
+(:func:`~hubedit.metrics.pareto.select_on_validation`); the chosen test points form the method's front.
 Hypervolumes use the reference point ``(1, ln 2)`` with the requirement axis divided by the requirement's
 ``metric_scale`` (number of features for data minimisation, 1 otherwise).
 
@@ -23,7 +23,7 @@ Requirement metrics are *hard* and read off the edited model itself, the same wa
 
 Baselines that need data (PFI, gradients, retraining, fitting a post-processor) use the task's *editing*
 split, never the data they are evaluated on. Timing (paper Table 1): seconds per model for every method,
-measured in the same run on the same models (:mod:`hubedit.evaluation.timing`).
+measured in the same run on the same models (:mod:`hubedit.metrics.timing`).
 
 Entry point: :func:`run_protocol` -> :class:`ProtocolResult` (``report_markdown()``, ``plot()``,
 ``save()`` writing ``report.md``, ``results.json`` and ``pareto.png``).
@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .metrics import equalized_odds_difference, jsd
-from .pareto import DEFAULT_REF, dominance_table, hypervolume, select_on_validation, to_markdown
-from .timing import TimingResult, time_per_model, timing_table
+from ..metrics.scores import equalized_odds_difference, jsd
+from ..metrics.pareto import DEFAULT_REF, dominance_table, hypervolume, select_on_validation, to_markdown
+from ..metrics.timing import TimingResult, time_per_model, timing_table
 
 __all__ = [
     "SETTINGS",
@@ -394,7 +394,7 @@ class ProtocolResult:
 
     # --- outputs ----------------------------------------------------------------------------------------
     def plot(self, path: str | os.PathLike) -> Path:
-        from .plots import pareto_plot
+        from ..metrics.plots import pareto_plot
 
         return pareto_plot(
             {n: f for n, f in self.fronts.items() if len(f)}, path, xlabel=self.metric_label, ylabel="mean JSD (test)",
@@ -673,7 +673,7 @@ class _Baseline:
 
 
 def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig) -> list[_Baseline]:
-    from .. import baselines as B
+    from .. import baselines
 
     Xe, ye, se = task.split("editing")
     F = task.n_features
@@ -688,11 +688,11 @@ def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig
         labels = [f"keep={k:g}" for k in keeps]
         tv = min(keeps, key=lambda k: abs(k - 0.3)) if keeps else None
         table = {
-            "Random": lambda m, st, k: B.random_prune(m, k, seed=seed),
-            "Magnitude": lambda m, st, k: B.magnitude_prune(m, k),
-            "Grad Importance": lambda m, st, k: B.grad_prune(m, k, Xe, ye),
-            "SNIP": lambda m, st, k: B.snip_prune(m, k, Xe, ye, iterations=cfg.snip_iterations, seed=seed),
-            "Lottery Ticket": lambda m, st, k: B.lottery_ticket_prune(
+            "Random": lambda m, st, k: baselines.random_prune(m, k, seed=seed),
+            "Magnitude": lambda m, st, k: baselines.magnitude_prune(m, k),
+            "Grad Importance": lambda m, st, k: baselines.grad_prune(m, k, Xe, ye),
+            "SNIP": lambda m, st, k: baselines.snip_prune(m, k, Xe, ye, iterations=cfg.snip_iterations, seed=seed),
+            "Lottery Ticket": lambda m, st, k: baselines.lottery_ticket_prune(
                 m, k, Xe, ye, iterations=cfg.lottery_iterations, epochs_per_iteration=cfg.lottery_epochs, seed=seed),
         }
         notes = {
@@ -708,19 +708,19 @@ def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig
         fsr_keep = list(cfg.fs_retrain_n_keep) if cfg.fs_retrain_n_keep is not None else list(_geometric_ints(1, F - 1, 6))
 
         def pfi(m):
-            return B.permutation_importance(m, Xe, ye, n_repeats=cfg.pfi_repeats, seed=seed)
+            return baselines.permutation_importance(m, Xe, ye, n_repeats=cfg.pfi_repeats, seed=seed)
 
         for n in names:
             if n == "FS":
                 out.append(_Baseline(
                     n, fs_keep, [f"n_keep={k}" for k in fs_keep], prepare=pfi,
-                    apply=lambda m, imp, k: B.feature_selection(m, None, None, int(k), importance=imp)[0],
+                    apply=lambda m, imp, k: baselines.feature_selection(m, None, None, int(k), importance=imp)[0],
                     timing_value=mid(fs_keep) if fs_keep else None,
                     timing_note=f"PFI ({cfg.pfi_repeats} repeats on the editing split) + masking"))
             elif n == "FS & Retrain":
                 out.append(_Baseline(
                     n, fsr_keep, [f"n_keep={k}" for k in fsr_keep], prepare=pfi,
-                    apply=lambda m, imp, k: B.fs_retrain(m, Xe, int(k), importance=imp, epochs=cfg.fs_retrain_epochs,
+                    apply=lambda m, imp, k: baselines.fs_retrain(m, Xe, int(k), importance=imp, epochs=cfg.fs_retrain_epochs,
                                                          seed=seed)[0],
                     timing_value=mid(fsr_keep) if fsr_keep else None,
                     timing_note=f"PFI + distillation for {cfg.fs_retrain_epochs} epochs on the editing split"
@@ -741,19 +741,19 @@ def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig
 
         for n in names:
             if n == "ThresholdOpt":
-                b = _Baseline(n, ["equalized_odds"], ["equalized_odds"], fit(B.ThresholdOpt, lambda v: {}), prepare=scores,
+                b = _Baseline(n, ["equalized_odds"], ["equalized_odds"], fit(baselines.ThresholdOpt, lambda v: {}), prepare=scores,
                               post=True, timing_value="equalized_odds")
             elif n == "CalEqOdds":
                 vals = list(cfg.cal_eq_odds_constraints)
-                b = _Baseline(n, vals, [f"cost={v}" for v in vals], fit(B.CalEqOdds, lambda v: {"cost_constraint": v}),
+                b = _Baseline(n, vals, [f"cost={v}" for v in vals], fit(baselines.CalEqOdds, lambda v: {"cost_constraint": v}),
                               prepare=scores, post=True, timing_value="weighted" if "weighted" in vals else (vals[0] if vals else None))
             elif n == "RejectOption":
                 vals = [float(v) for v in cfg.reject_option_bounds]
-                b = _Baseline(n, vals, [f"bound={v:g}" for v in vals], fit(B.RejectOption, lambda v: {"bound": v}),
+                b = _Baseline(n, vals, [f"bound={v:g}" for v in vals], fit(baselines.RejectOption, lambda v: {"bound": v}),
                               prepare=scores, post=True, timing_value=mid(vals) if vals else None)
             elif n == "FairCls":
                 vals = [float(v) for v in cfg.fair_cls_alphas]
-                b = _Baseline(n, vals, [f"alpha={v:g}" for v in vals], fit(B.FairCls, lambda v: {"alpha": v}),
+                b = _Baseline(n, vals, [f"alpha={v:g}" for v in vals], fit(baselines.FairCls, lambda v: {"alpha": v}),
                               prepare=scores, post=True, timing_value=mid(vals) if vals else None)
             else:  # pragma: no cover
                 raise ValueError(n)

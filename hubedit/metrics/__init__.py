@@ -1,10 +1,10 @@
-"""Evaluation: metrics (JSD, equalised odds difference, group rates, accuracy), Pareto fronts and
+"""Metrics (ground floor): metrics (JSD, equalised odds difference, group rates, accuracy), Pareto fronts and
 hypervolume, comparison tables, Pareto plots and timing.
 
 Plotting imports matplotlib only when called; everything else is torch / numpy / pandas.
 """
 
-from .metrics import LN2, accuracy, equalized_odds_difference, group_rates, jsd, jsd_from_logits
+from .scores import LN2, accuracy, equalized_odds_difference, group_rates, jsd, jsd_from_logits
 from .pareto import (
     DEFAULT_REF,
     dominance_table,

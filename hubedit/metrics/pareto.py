@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .metrics import LN2
+from .scores import LN2
 
 __all__ = [
     "pareto_front",

@@ -2,8 +2,8 @@
 
 from .base import REGISTRY, Edit, Outcome, Requirement, get_requirement, register, straight_through
 from .fairness import Fairness
-from .minimise import DataMinimisation
-from .prune import Pruning
+from .data_minimisation import DataMinimisation
+from .pruning import Pruning
 
 __all__ = [
     "Requirement",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluation.metrics import equalized_odds_difference
+from ..metrics.scores import equalized_odds_difference
 from .base import Edit, Outcome, Requirement, register
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch
 
-from ..editor.core import evaluate_edits, run_edit, score
+from ..editor.editing import evaluate_edits, run_edit, score
 from ..editor.editor import Editor
 from ..errors import ConfigError
 from ..graph import mlp_to_graph

@@ -271,39 +271,39 @@ class _ShapeAcc:
     """Running padded shape of a would-be group (configurations added one at a time)."""
 
     def __init__(self, F_in: int, out_features: int):
-        self.F_in, self.O = F_in, out_features
-        self.D = 0
-        self.W = [F_in, 0, 0, 0, 0]
+        self.in_features, self.out_features = F_in, out_features
+        self.depth = 0
+        self.widths = [F_in, 0, 0, 0, 0]
         self.srcs: list[set[int]] = [set() for _ in range(5)]
         self.has_norm = False
         self.acts: set[str] = set()
-        self.G = 0
+        self.n_models = 0
         self.epochs = 0
 
     def add(self, c: ZooConfig) -> None:
         m = c.mlp
-        if len(self.W) <= m.depth:  # deeper than the table: grow it
-            self.W += [0] * (m.depth + 1 - len(self.W))
+        if len(self.widths) <= m.depth:  # deeper than the table: grow it
+            self.widths += [0] * (m.depth + 1 - len(self.widths))
             self.srcs += [set() for _ in range(m.depth + 1 - len(self.srcs))]
-        self.D = max(self.D, m.depth)
-        for l in range(1, len(self.W)):
-            self.W[l] = max(self.W[l], m.hidden[min(l, m.depth) - 1])
+        self.depth = max(self.depth, m.depth)
+        for l in range(1, len(self.widths)):
+            self.widths[l] = max(self.widths[l], m.hidden[min(l, m.depth) - 1])
         for s_, d in m.skips:
             self.srcs[d].add(s_)
         self.has_norm |= m.norm != "none"
         self.acts.add(m.activation)
-        self.G += 1
+        self.n_models += 1
         self.epochs = max(self.epochs, c.train.epochs)
 
     def shape(self) -> tuple[int, int, int]:
-        W, D = self.W, self.D
+        W, D = self.widths, self.depth
         P = sum(W[l] * (sum(W[s] for s in {l - 1} | self.srcs[l]) + (3 if self.has_norm else 1)) for l in range(1, D + 1))
-        P += self.O * (W[D] + 1)
+        P += self.out_features * (W[D] + 1)
         return P, sum(W[1 : D + 1]), max(W[1 : D + 1])
 
     def cost(self, batch_size: int, n_rows: int, cost: CostModel) -> float:
         P, U, Wmax = self.shape()
-        G, B = self.G, batch_size
+        G, B = self.n_models, batch_size
         cache = cost.cache if G * B * Wmax * 4 > cost.cache_bytes else 1.0
         step = cost.overhead + G * B * (cost.per_param * P + cost.per_unit * U) * (1 + cost.mix * (len(self.acts) - 1)) * cache
         step += cost.per_adam * G * P
@@ -447,7 +447,11 @@ def compile_available() -> bool:
 
 
 class ModelGroup:
-    """``G`` MLP configurations held as padded, stacked tensors (see the module docstring).
+    """``n_models`` MLP configurations held as padded, stacked tensors (see the module docstring).
+
+    Shapes: ``in_features``/``out_features`` of every model; ``depth`` the deepest model's; ``widths[l]`` the padded
+    width of layer ``l`` (0 = input); ``real_widths[g][l]`` model ``g``'s own; ``fan_in[l]`` the rows of layer
+    ``l``'s stacked weight (previous layer plus skip sources); ``n_params`` one model's padded parameter count.
 
     ``configs`` is the group in its internal order (by normalisation, activation, config id). ``p`` maps
     parameter names (``w{l}`` weights stored as ``(G, in, out)``, ``b{l}``, ``g{l}``/``n{l}`` norm scale
@@ -467,22 +471,22 @@ class ModelGroup:
         if len(eps) != 1:
             raise ConfigError(f"a model group needs one norm_eps, got {sorted(eps)}")
         self.configs: list[ZooConfig] = list(cfgs)
-        self.G = G = len(cfgs)
+        self.n_models = G = len(cfgs)
         self.norm_eps = eps.pop()
         self.batch_size = cfgs[0].train.batch_size
         self.epochs = cfgs[0].train.epochs
         self.checkpoint_epochs = tuple(cfgs[0].checkpoint_epochs)
-        self.F_in = cfgs[0].mlp.in_features
-        self.O = cfgs[0].mlp.out_features
+        self.in_features = cfgs[0].mlp.in_features
+        self.out_features = cfgs[0].mlp.out_features
         depths = [c.mlp.depth for c in cfgs]
-        self.D = D = max(depths)
+        self.depth = D = max(depths)
         self.depths = depths
         # effective width of model g at layer l: its real width, or its last hidden width past its depth
-        self.rw = [[self.F_in] + [c.mlp.hidden[min(l, c.mlp.depth) - 1] for l in range(1, D + 1)] for c in cfgs]
-        self.W = W = [max(r[l] for r in self.rw) for l in range(D + 1)]
+        self.real_widths = [[self.in_features] + [c.mlp.hidden[min(l, c.mlp.depth) - 1] for l in range(1, D + 1)] for c in cfgs]
+        self.widths = W = [max(r[l] for r in self.real_widths) for l in range(D + 1)]
         # the input block padded to a multiple of 16 features (zero columns, zero weights): matrix products
         # whose inner size is not a multiple of 16 run up to 2x slower (measured: Adult's 14 features)
-        W[0] = -(-self.F_in // _INPUT_ALIGN) * _INPUT_ALIGN
+        W[0] = -(-self.in_features // _INPUT_ALIGN) * _INPUT_ALIGN
         # inputs of hidden layer l: the previous layer, then every skip source used by a model of the group
         self.in_blocks: dict[int, list[tuple[int, int]]] = {}
         for l in range(1, D + 1):
@@ -492,22 +496,22 @@ class ModelGroup:
                 offs.append((s, o))
                 o += W[s]
             self.in_blocks[l] = offs
-        self.K = {l: sum(W[s] for s, _ in self.in_blocks[l]) for l in range(1, D + 1)}
+        self.fan_in = {l: sum(W[s] for s, _ in self.in_blocks[l]) for l in range(1, D + 1)}
         self.has_norm_params = any(c.mlp.norm != "none" for c in cfgs)
 
         # ---- flat parameter layout
         specs: list[tuple[str, tuple[int, ...]]] = []
         for l in range(1, D + 1):
-            specs += [(f"w{l}", (self.K[l], W[l])), (f"b{l}", (W[l],))]  # weights stored transposed
+            specs += [(f"w{l}", (self.fan_in[l], W[l])), (f"b{l}", (W[l],))]  # weights stored transposed
             if self.has_norm_params:
                 specs += [(f"g{l}", (W[l],)), (f"n{l}", (W[l],))]
-        specs += [("wout", (W[D], self.O)), ("bout", (self.O,))]
+        specs += [("wout", (W[D], self.out_features)), ("bout", (self.out_features,))]
         self.offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
         P = 0
         for name, shape in specs:
             self.offsets[name] = (P, shape)
             P += int(np.prod(shape))
-        self.P = P
+        self.n_params = P  # per model, padded layout
         # Blocked layout: parameter i of every model is one contiguous (G, *shape) block of a 1-D buffer,
         # so each parameter is a standard contiguous tensor (bmm needs no copies) and the whole state is
         # one buffer for the eager optimiser.
@@ -566,18 +570,18 @@ class ModelGroup:
         self._ln_mask: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         if "layernorm" in kinds:
             for l in range(1, D + 1):
-                if all(self.rw[g][l] == W[l] for g in range(G) if norms[g] == "layernorm"):
+                if all(self.real_widths[g][l] == W[l] for g in range(G) if norms[g] == "layernorm"):
                     self._ln_mask[l] = None
                     continue
                 m = torch.zeros(G, 1, W[l])
                 for g in range(G):
-                    m[g, 0, : self.rw[g][l]] = 1.0
-                self._ln_mask[l] = (m, col([self.rw[g][l] for g in range(G)]))
+                    m[g, 0, : self.real_widths[g][l]] = 1.0
+                self._ln_mask[l] = (m, col([self.real_widths[g][l] for g in range(G)]))
         # ---- fused kernels (training mode): per-model codes of norm, activation and real width per layer
         self.use_fused = fused.available() and max(W[1:]) <= fused.max_width()
         self._norm_code = torch.tensor([fused.NORM_CODES[n] for n in norms], dtype=torch.int32)
         self._act_code = torch.tensor([fused.ACT_CODES[a] for a in acts], dtype=torch.int32)
-        self._width_code = {l: torch.tensor([self.rw[g][l] for g in range(G)], dtype=torch.int32) for l in range(1, D + 1)}
+        self._width_code = {l: torch.tensor([self.real_widths[g][l] for g in range(G)], dtype=torch.int32) for l in range(1, D + 1)}
         self._store_slope = fused.stores_slope(acts)
         # layers some models skip (pass-through)
         self.active = {
@@ -614,12 +618,12 @@ class ModelGroup:
     def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:
         """Parameter ``name`` of every model: a contiguous ``(G, *shape)`` block of a 1-D state buffer."""
         off, shape = self.offsets[name]
-        return buf[self.G * off : self.G * (off + math.prod(shape))].view(self.G, *shape)
+        return buf[self.n_models * off : self.n_models * (off + math.prod(shape))].view(self.n_models, *shape)
 
     def _per_element(self, values: torch.Tensor) -> torch.Tensor:
         """Per-model values ``(G, 1)`` spread over the 1-D blocked buffer layout."""
-        v = values.reshape(self.G, 1)
-        return torch.cat([v.expand(self.G, math.prod(shape)).reshape(-1) for _, shape in self.offsets.values()])
+        v = values.reshape(self.n_models, 1)
+        return torch.cat([v.expand(self.n_models, math.prod(shape)).reshape(-1) for _, shape in self.offsets.values()])
 
     def _refresh_hyper(self) -> None:
         self._hyper_full: tuple[torch.Tensor, torch.Tensor] | None = None  # rebuilt on the eager path's next step
@@ -637,7 +641,7 @@ class ModelGroup:
         segs = []
         for _, name, idx in self._slots(g):
             off, shape = self.offsets[name]
-            base = self.G * off + g * math.prod(shape)
+            base = self.n_models * off + g * math.prod(shape)
             if len(idx) == 1:
                 segs.append((base + (idx[0].start or 0), len(range(*idx[0].indices(shape[0])))))
                 continue
@@ -653,11 +657,11 @@ class ModelGroup:
         into this group's tensors, which are kept alive with them)."""
         if self._native is not None:
             return self._native
-        G, D = self.G, self.D
-        plan = fused.GroupPlan(G=G, F=self.F_in, O=self.O, D=D, eps=self.norm_eps)
-        plan.W[0] = self.W[0]
+        G, D = self.n_models, self.depth
+        plan = fused.GroupPlan(G=G, F=self.in_features, O=self.out_features, D=D, eps=self.norm_eps)
+        plan.W[0] = self.widths[0]
         for l in range(1, D + 1):
-            plan.W[l], plan.K[l] = self.W[l], self.K[l]
+            plan.W[l], plan.K[l] = self.widths[l], self.fan_in[l]
             plan.off_w[l], plan.off_b[l] = self.offsets[f"w{l}"][0], self.offsets[f"b{l}"][0]
             plan.off_g[l] = self.offsets[f"g{l}"][0] if self.has_norm_params else -1
             plan.off_n[l] = self.offsets[f"n{l}"][0] if self.has_norm_params else -1
@@ -675,7 +679,7 @@ class ModelGroup:
         segs = [self._real_segments(g) for g in range(G)]
         keep = {
             "depth": torch.tensor(self.depths, dtype=torch.int32),
-            "rw": torch.tensor(self.rw, dtype=torch.int32),
+            "rw": torch.tensor(self.real_widths, dtype=torch.int32),
             "blk_used": used,
             "norm": self._norm_code,
             "act": self._act_code,
@@ -705,7 +709,7 @@ class ModelGroup:
         layout and the state-dict tensor is its transpose."""
         c = self.configs[g].mlp
         d = c.depth
-        rw = self.rw[g]
+        rw = self.real_widths[g]
         for l in range(1, d + 1):
             blocks = dict(self.in_blocks[l])
             yield f"layers.{l - 1}.weight", f"w{l}", (slice(0, rw[l - 1]), slice(0, rw[l]))
@@ -733,7 +737,7 @@ class ModelGroup:
         c = self.configs[g].mlp
         if c.norm == "batchnorm":
             for l in range(1, c.depth + 1):
-                w = self.rw[g][l]
+                w = self.real_widths[g][l]
                 self.running_mean[l][g, :w] = state[f"norms.{l - 1}.running_mean"]
                 self.running_var[l][g, :w] = state[f"norms.{l - 1}.running_var"]
                 seen |= {f"norms.{l - 1}.{k}" for k in ("running_mean", "running_var", "num_batches_tracked")}
@@ -751,7 +755,7 @@ class ModelGroup:
         c = self.configs[g].mlp
         if c.norm == "batchnorm":
             for l in range(1, c.depth + 1):
-                w = self.rw[g][l]
+                w = self.real_widths[g][l]
                 sd[f"norms.{l - 1}.running_mean"] = self.running_mean[l][g, :w].clone()
                 sd[f"norms.{l - 1}.running_var"] = self.running_var[l][g, :w].clone()
                 sd[f"norms.{l - 1}.num_batches_tracked"] = torch.tensor(self.bn_steps, dtype=torch.long)
@@ -878,19 +882,19 @@ class ModelGroup:
         pos = self._pos
         if B > pos.shape[1]:  # a batch larger than the group's batch size (forward() on other data)
             pos = torch.arange(B, dtype=torch.int64).view(1, -1, 1) * _POS_STRIDE + torch.arange(pos.shape[2]).view(1, 1, -1)
-        u = _hash31((self._dropout_key(step, l) + pos[:, :B, : self.W[l]]) & _M31)
+        u = _hash31((self._dropout_key(step, l) + pos[:, :B, : self.widths[l]]) & _M31)
         return torch.where(u >= self._drop_thr, self.drop_scale, 0.0)
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, training: bool, step: torch.Tensor | None):
         """Logits; in training mode, the dropout of optimiser ``step`` (a 0-d int64 tensor; None: no dropout)."""
-        if x.shape[-1] < self.W[0]:
-            x = F.pad(x, (0, self.W[0] - x.shape[-1]))
+        if x.shape[-1] < self.widths[0]:
+            x = F.pad(x, (0, self.widths[0] - x.shape[-1]))
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.G, -1, -1)
-        W = self.W
+            x = x.unsqueeze(0).expand(self.n_models, -1, -1)
+        W = self.widths
         dropout = training and step is not None and self.has_dropout
         hs = [x]
-        for l in range(1, self.D + 1):
+        for l in range(1, self.depth + 1):
             blocks = self.in_blocks[l]
             inp = hs[l - 1] if len(blocks) == 1 else torch.cat([hs[s] for s, _ in blocks], -1)
             if training and self.use_fused:  # the kernel adds the bias
@@ -904,7 +908,7 @@ class ModelGroup:
                 prev = hs[l - 1] if W[l] == W[l - 1] else F.pad(hs[l - 1], (0, W[l] - W[l - 1]))
                 h = torch.where(self.active[l], h, prev)
             hs.append(h)
-        return torch.baddbmm(params["bout"].unsqueeze(1), hs[self.D], params["wout"])
+        return torch.baddbmm(params["bout"].unsqueeze(1), hs[self.depth], params["wout"])
 
     def forward(self, x: torch.Tensor, training: bool = False, step: int = 0) -> torch.Tensor:
         """Logits ``(G, B, out)`` for inputs ``(G, B, F)`` (one batch per model) or ``(B, F)`` (shared).
@@ -953,7 +957,7 @@ class ModelGroup:
         """Per-parameter views of the per-model decay and learning rate (broadcast shapes)."""
         if self._compiled is None:
             return
-        shapes = [(self.G,) + (1,) * len(shape) for _, shape in self.offsets.values()]
+        shapes = [(self.n_models,) + (1,) * len(shape) for _, shape in self.offsets.values()]
         self._decays = [self.decay.view(sh) for sh in shapes]
         lr = self.lr.float()
         self._lrs = [lr.view(sh) for sh in shapes]
@@ -1177,8 +1181,8 @@ def _is_compile_error(exc: BaseException) -> bool:
 
 def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval_sets, backend: str) -> GroupResult:
     group = configs if isinstance(configs, ModelGroup) else ModelGroup(configs)
-    if X.shape[1] != group.F_in:
-        raise ConfigError(f"task {t.name!r} has {X.shape[1]} features, the configurations expect {group.F_in}")
+    if X.shape[1] != group.in_features:
+        raise ConfigError(f"task {t.name!r} has {X.shape[1]} features, the configurations expect {group.in_features}")
     group.use_native = backend == "native"
     compiled = backend == "compiled"
     if compiled:
@@ -1214,7 +1218,7 @@ def _train_group(t, configs, X, y, on_epoch, evaluate, max_steps_per_epoch, eval
                 blobs[(c.config_id, epoch)] = (blob, metrics)
             eval_s += time.perf_counter() - t1
         if on_epoch is not None:
-            on_epoch(epoch, group.G)
+            on_epoch(epoch, group.n_models)
     checkpoints = []
     for c in sorted(group.configs, key=lambda c: c.config_id):
         if c.config_id in group.diverged:
