@@ -12,7 +12,7 @@ from .errors import (
 from .mlp import MLP, MLPConfig
 from .tasks import Task, load_task
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "MLP",

@@ -264,7 +264,7 @@ def count_zero_weights(path: str | os.PathLike | onnx.ModelProto) -> tuple[int, 
 
 # --- helpers ---------------------------------------------------------------------------------------
 def _hubedit_version() -> str:
-    from .. import __version__  # lazy: hubedit/__init__ imports the package's modules
+    from ..version import __version__
 
     return __version__
 
