@@ -4,7 +4,7 @@
 Editing = graph build (``mlps_to_batch``) + metanetwork forward under ``torch.no_grad`` (no mask heads) +
 write-back to ``MLP`` modules (``batch_to_mlps``), i.e. ``GraphMetanetwork.edit``.
 
-Models are drawn from the zoo distribution of DESIGN.md (Adult: 14 inputs, 2 classes; depth 1-4;
+Models are drawn from the zoo distribution of hubedit/DESIGN.md (Adult: 14 inputs, 2 classes; depth 1-4;
 non-decreasing widths from {8, 16, 32, 64}; 0-2 skips into each hidden layer; any activation/norm).
 "One median-size model" is the sampled config with the median number of weights; "mixed" is a batch of
 sampled architectures, "same" a batch of median-size models.
@@ -35,7 +35,7 @@ from hubedit.mlp import ACTIVATIONS, MLP, NORMS, MLPConfig
 
 
 def zoo_config(rng: random.Random, in_features: int = 14, out_features: int = 2) -> MLPConfig:
-    """One architecture from the zoo distribution of DESIGN.md."""
+    """One architecture from the zoo distribution of hubedit/DESIGN.md."""
     depth = rng.choice([1, 2, 3, 4])
     hidden = tuple(sorted(rng.choice([8, 16, 32, 64]) for _ in range(depth)))
     skips = []

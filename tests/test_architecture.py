@@ -135,3 +135,13 @@ def test_cycle_finder_finds_a_cycle():
     graph = {"a": {"b": {"a.x"}}, "b": {"c": {"b.y"}}, "c": {"a": {"c.z"}}}
     assert _cycles(graph) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b": set()}, "b": {}}) == []
+
+
+def test_design_citations_point_at_the_shipped_page():
+    """The code and README cite the design; it must be in the repository, where they say."""
+    repo = ROOT.parent
+    assert (ROOT / "DESIGN.md").is_file()
+    texts = [repo / "README.md", *sorted(ROOT.rglob("*.py")), *sorted((repo / "scripts").glob("*.py"))]
+    bare = [str(p.relative_to(repo)) for p in texts
+            if "DESIGN.md" in (t := p.read_text()) and t.count("DESIGN.md") != t.count("hubedit/DESIGN.md")]
+    assert not bare, f"cite hubedit/DESIGN.md, not a DESIGN.md outside the repository: {bare}"

@@ -13,7 +13,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters of one zoo member (paper Table 2 / DESIGN.md zoo table)."""
+    """Training hyper-parameters of one zoo member (paper Table 2 / hubedit/DESIGN.md zoo table)."""
 
     batch_size: int
     lr: float

@@ -1,4 +1,4 @@
-"""Sampling of zoo configurations (paper A.6; the ranges are those of DESIGN.md's zoo table).
+"""Sampling of zoo configurations (paper A.6; the ranges are those of hubedit/DESIGN.md's zoo table).
 
 Every configuration is drawn from its own random stream, ``numpy.random.default_rng([seed, config_id])``,
 so configuration ``i`` of a zoo does not depend on how many configurations are sampled: the ``small``
