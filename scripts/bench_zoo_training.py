@@ -18,7 +18,7 @@ What it does, per task:
    as batched groups -- and their ratio, then projects the full ``paper`` build: the planner's cost model for
    every group, calibrated per batch size by the measured groups, plus measured compilation time per group,
    checkpoint extraction/evaluation (measured per checkpoint) and per-epoch shuffling, divided over the
-   build's worker processes (one per core, at most 2).
+   build's worker processes (one per core by default).
 
 Run:  python scripts/bench_zoo_training.py [--tasks adult bank] [--groups 12] [--steps 25] [--plain 0]
 (about 15 minutes on 2 cores; compilation is timed with a fresh inductor cache unless --warm-cache)

@@ -18,15 +18,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "build",
         help="sample configurations and train a zoo (batched across models, resumable)",
         description="Sample MLP configurations for a task and train them as one batched population. Interrupted "
-        "builds resume where they stopped when rerun with the same arguments.",
+        "builds resume where they stopped when rerun with the same arguments. On one machine, --workers processes "
+        "share the training groups. To spread a build over processes or machines, launch it with torch.distributed: "
+        "`accelerate launch --multi_gpu --num_processes N [--num_machines M --machine_rank R --main_process_ip IP "
+        "--main_process_port PORT] -m hubedit zoo build ...` or `torchrun --nproc_per_node N -m hubedit zoo build ...` "
+        "(gloo on CPU, whatever accelerate's flag says; `accelerate launch --cpu` starts several processes only "
+        "through MPI). The ranks share the groups and rank 0 writes the zoo; over several machines --out must be on a "
+        "filesystem they all share. The zoo is byte-identical to a one-process build whatever the processes.",
     )
     b.add_argument("--task", required=True, choices=TASKS)
     b.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="population size and epochs (default: tiny)")
-    b.add_argument("--out", required=True, help="output folder (Hub dataset layout)")
+    b.add_argument("--out", required=True, help="output folder (Hub dataset layout): new, one without data/, zoo.json "
+                   "and README.md, or an earlier build's with the same settings (which resumes); a user's files are "
+                   "refused, never replaced")
     b.add_argument("--seed", type=int, default=0, help="zoo seed: the same seed gives byte-identical weights")
     b.add_argument("--configs", type=int, default=None, help="override the preset's number of configurations")
     b.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     b.add_argument("--push", metavar="REPO_ID", default=None, help="also publish the zoo as a Hub dataset repo")
+    b.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="training processes on this machine (default: the cores available, at most one per training "
+                   "group; 1 per process of an `accelerate launch` / `torchrun` world)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
@@ -43,13 +54,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_push)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
+    return value
+
+
 def _build(args: argparse.Namespace) -> int:
     from ..zoo.build import build_zoo
 
     zoo = build_zoo(
         args.task, args.preset, args.out, seed=args.seed, progress=not args.no_progress,
-        n_configs=args.configs, epochs=args.epochs,
+        n_configs=args.configs, epochs=args.epochs, workers=args.workers,
     )
+    if zoo is None:  # a rank other than 0 of a launched build: rank 0 saved the zoo and reports it
+        return 0
     print(summary(zoo))
     print(f"saved to {args.out}")
     if args.push:

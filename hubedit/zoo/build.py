@@ -10,26 +10,54 @@ Resumable: the build keeps its state under ``out/.build/``:
 
 The plan (which configurations train together) is a function of the configurations alone, never of
 what has finished, and each group's result depends only on its members, so a build that is interrupted
-and rerun skips the finished groups and ends byte-identical to an uninterrupted one. Groups run in
-worker processes (one per core, one thread each), which gives the same bytes as a single process.
+and rerun skips the finished groups and ends byte-identical to an uninterrupted one.
+
+* ``lock`` -- held (``fcntl.flock``) by the process that builds into the folder: a second build of the
+  same folder fails at once instead of mixing its files in. The lock goes with its process, however it ends.
+
+The output folder is checked before anything is trained: a build writes ``.build/`` and replaces
+``data/``, ``zoo.json`` and ``README.md``, so those may exist only as the build's own (an unfinished or
+finished build of the same settings, which resumes); anything else there is refused, never deleted.
+
+Processes. Each group trains on one thread, so the bytes never depend on how many processes train:
+
+* ``workers=N`` (``--workers``): N worker processes on this machine, started with
+  ``torch.multiprocessing.start_processes``; each trains a fixed share of the groups (balanced by
+  :func:`~hubedit.zoo.trainer.group_cost`) and dies with the process that started it.
+* A launched world: under ``torchrun`` or ``accelerate launch --multi_gpu --num_processes N
+  [--num_machines M ...] -m hubedit zoo build ...`` (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set), every
+  rank joins a ``torch.distributed`` gloo group (CPU) and trains its share of the groups into the shared
+  build folder; rank 0 checks and locks the folder first and alone assembles and saves the zoo, which is
+  byte-identical to a one-process build. Over several machines ``out`` must be on a filesystem they all
+  share, and the machines alike (hubedit, torch, trainer kernels). If any rank fails, every rank raises.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import datetime
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
+import signal
+import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError, CorruptFileError, HubeditError
 from ..tasks import load_task
 from . import fused
 from .presets import ZooPreset, get_preset
@@ -37,16 +65,20 @@ from .records import Checkpoint, ZooConfig
 from .sampling import sample_configs
 from .trainer import TRAINER_REVISION, group_cost, plan_groups, train_group, training_data
 
-__all__ = ["build_zoo", "build_checkpoints", "BUILD_DIR"]
+if TYPE_CHECKING:
+    from .dataset import Zoo
+
+__all__ = ["build_zoo", "build_checkpoints", "BUILD_DIR", "BuildError", "BuildLockedError"]
 
 BUILD_DIR = ".build"
+LOCK_NAME = "lock"
 MANIFEST_FORMAT = "hubedit.zoo-build"
 MANIFEST_VERSION = 1
 _GROUP_META_KEY = b"hubedit.group"
 
 
 def _hubedit_version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
@@ -153,14 +185,12 @@ def _read_group(path: Path, index: int, config_ids: list[int]) -> tuple[list[Che
     return checkpoints, info
 
 
-def _train_and_save(task: str, configs: list[dict], index: int, path: str, options: dict, queue=None) -> dict:
-    """Train one group and store it (runs in a worker process, or in the parent)."""
+def _train_and_save(
+    task: str, configs: list[dict], index: int, path: str, options: dict,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train one group and store it (in the calling process, a worker process or a launched rank)."""
     cfgs = [ZooConfig.from_dict(d) for d in configs]
-    on_epoch = None
-    if queue is not None:
-        on_epoch = lambda epoch, g: queue.put((index, g))  # noqa: E731
-    elif options.get("_on_epoch") is not None:
-        on_epoch = options["_on_epoch"]
     res = train_group(task, cfgs, max_train_rows=options["max_train_rows"], compile=options["compile"], on_epoch=on_epoch)
     meta = {
         "diverged": {str(k): v for k, v in res.diverged.items()},
@@ -168,12 +198,670 @@ def _train_and_save(task: str, configs: list[dict], index: int, path: str, optio
         "train_seconds": res.train_seconds,
         "eval_seconds": res.eval_seconds,
     }
+    if "rank" in options:  # which rank of a launched build trained it
+        meta["rank"] = options["rank"]
     _write_group(Path(path), index, [c.config_id for c in cfgs], res.checkpoints, meta)
     return meta
 
 
-def _default_workers(n_pending: int) -> int:
-    return max(1, min(2, os.cpu_count() or 1, n_pending))
+# --------------------------------------------------------------------------------------------------
+# the build's plan, its folder and its lock
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Build:
+    """One build's plan: the same on every process that takes part, before anything is trained."""
+
+    task: str
+    preset: ZooPreset
+    seed: int
+    compile: "bool | str"
+    configs: list[ZooConfig]
+    plan: list[list[int]]
+    n_rows: int
+    out: Path
+    manifest: dict
+
+    def __post_init__(self) -> None:
+        self.by_id = {c.config_id: c for c in self.configs}
+        self.build_dir = self.out / BUILD_DIR
+        self.options = {"max_train_rows": self.preset.max_train_rows, "compile": self.compile}
+
+    def members(self, i: int) -> list[ZooConfig]:
+        return [self.by_id[c] for c in self.plan[i]]
+
+    def cost(self, i: int) -> float:
+        return group_cost(self.members(i), self.n_rows)
+
+    def job(self, i: int) -> tuple:
+        """``_train_and_save``'s arguments for group ``i`` (plain data: they travel to worker processes)."""
+        return (self.task, [c.to_dict() for c in self.members(i)], i, str(_group_path(self.build_dir, i)), self.options)
+
+
+def _plan_build(task, preset, out, seed, n_configs, epochs, compile) -> _Build:
+    t = load_task(task)
+    p = get_preset(preset).replace(n_configs=n_configs, epochs=epochs)
+    configs = sample_configs(t.name, t.n_features, p.n_configs, seed, p.epochs, p.checkpoint_epochs, p.split_fractions)
+    _, y = training_data(t, p.max_train_rows)
+    plan = plan_groups(configs, len(y), p.max_group_size)
+    manifest = _manifest(t.name, p, seed, configs, plan, compile)
+    return _Build(t.name, p, int(seed), compile, configs, plan, len(y), Path(out), manifest)
+
+
+class BuildError(HubeditError, RuntimeError):
+    """A zoo build that could not finish: a worker process or a rank failed (finished groups are kept)."""
+
+
+class BuildLockedError(BuildError):
+    """Another process is building into the same folder."""
+
+
+#: what a build writes into ``.build/`` (lock, manifest and its temporary file, groups and theirs)
+_OWN_BUILD_FILE = re.compile(r"lock|manifest\.json(\.tmp)?|group-\d{5}\.parquet(\.tmp-\d+)?")
+#: the zoo's shard names (``Zoo.save``): ``data/`` may hold nothing else before a build replaces it
+_SHARD_NAME = re.compile(r"(train|validation|test)-\d{5}-of-\d{5}\.parquet")
+
+
+def _listing(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _check_out_folder(out: Path, manifest: "dict | None") -> None:
+    """Refuse, before anything is trained or written, an output folder holding files a build would
+    replace but did not write. A build writes ``.build/`` and replaces ``data/``, ``zoo.json`` and
+    ``README.md``: those may exist only as this build's own -- an unfinished or finished build of the same
+    settings (``.build/manifest.json``), which resumes and saves the same zoo again. Other files in ``out``
+    are never touched and are allowed. Without ``manifest`` (the build's, not yet planned), only what does
+    not depend on the settings is checked."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"the output folder {out} is a file; give a new folder or one of an earlier build")
+    if not out.is_dir():
+        return
+    build_dir, mpath = out / BUILD_DIR, out / BUILD_DIR / "manifest.json"
+    if build_dir.exists():
+        foreign = sorted(p.name for p in build_dir.iterdir() if not (_OWN_BUILD_FILE.fullmatch(p.name) and p.is_file())) \
+            if build_dir.is_dir() else []
+        if not build_dir.is_dir() or foreign:
+            what = f"it holds {_listing(foreign)}, which a build does not write" if foreign else "it is a file"
+            raise FileExistsError(
+                f"{build_dir} is not a zoo build folder ({what}); move it away or choose another output folder"
+            )
+    if not mpath.is_file():
+        present = [n for n in ("data", "zoo.json", "README.md") if (out / n).exists() or (out / n).is_symlink()]
+        if present:
+            raise FileExistsError(
+                f"{out} already holds {', '.join(present)}, not written by a zoo build into this folder (it has no "
+                f"{BUILD_DIR}/manifest.json); building would replace them. Build into a new or empty folder, or move "
+                "them away first"
+            )
+        return
+    if manifest is None:
+        return
+    _check_manifest(mpath, manifest)  # an unfinished build of other settings: a clear ConfigError
+    from .dataset import ZOO_FORMAT
+
+    problems = []
+    zoo_json = out / "zoo.json"
+    if zoo_json.exists():
+        try:
+            meta = json.loads(zoo_json.read_text())
+            info = meta.get("info") or {}
+            ours = meta.get("format") == ZOO_FORMAT and all(
+                info.get(k) == manifest[m] for k, m in (("task", "task"), ("seed", "seed"), ("preset_config", "preset"))
+            )
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            problems.append("a zoo.json that is not this build's zoo (other task, seed or preset, or not a hubedit zoo)")
+    elif (out / "README.md").exists():
+        problems.append("a README.md without the zoo.json a build writes beside its card")
+    data = out / "data"
+    if data.is_symlink() or (data.exists() and not data.is_dir()):
+        problems.append("data, which is not a folder")
+    elif data.is_dir():
+        foreign = sorted(p.name for p in data.iterdir() if not (_SHARD_NAME.fullmatch(p.name) and p.is_file()))
+        if foreign:
+            problems.append(f"files in data/ that are not zoo shards ({_listing(foreign)})")
+    if problems:
+        raise FileExistsError(
+            f"{out} holds a zoo build of these settings but also {'; '.join(problems)}: saving the zoo would replace "
+            "them. Move them away, then rerun to resume the build"
+        )
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold ``build_dir/lock`` (``fcntl.flock``, exclusive) for the ``with`` block: a second build of the same
+    folder raises :class:`BuildLockedError` at once. The kernel releases the lock when its process ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = build_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                warnings.warn(f"zoo build: cannot lock {path} ({exc}); building without a lock")
+            else:
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                raise BuildLockedError(
+                    f"{build_dir.parent} is being built by {holder} (it holds {path}); wait for that build to "
+                    "finish, or build into another folder"
+                ) from None
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare(b: _Build, stack: contextlib.ExitStack) -> dict[int, tuple[list[Checkpoint], dict]]:
+    """Check the output folder, lock it (for as long as ``stack``), write or check the manifest, and
+    return the groups already finished there."""
+    _check_out_folder(b.out, b.manifest)
+    b.build_dir.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(_build_lock(b.build_dir))
+    mpath = b.build_dir / "manifest.json"
+    if mpath.exists():
+        _check_manifest(mpath, b.manifest)
+    else:
+        tmp = mpath.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(b.manifest, indent=1, sort_keys=True))
+        os.replace(tmp, mpath)
+    for stale in b.build_dir.glob("group-*.parquet.tmp-*"):  # left by a killed worker
+        stale.unlink(missing_ok=True)
+    done: dict[int, tuple[list[Checkpoint], dict]] = {}
+    for i, ids in enumerate(b.plan):
+        path = _group_path(b.build_dir, i)
+        if path.exists():
+            got = _read_group(path, i, ids)
+            if got is not None:
+                done[i] = got
+    return done
+
+
+def _assign(pending: list[int], costs: list[float], n: int) -> list[list[int]]:
+    """Split ``pending`` groups into ``n`` shares of about equal estimated cost: longest first, each to the
+    least loaded share (ties to the lowest share). Each share lists its groups longest first."""
+    shares: list[list[int]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for cost, i in sorted(zip(costs, pending), key=lambda ci: (-ci[0], ci[1])):
+        k = min(range(n), key=lambda r: (load[r], r))
+        shares[k].append(i)
+        load[k] += cost
+    return shares
+
+
+def _default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------------
+def _credit(credited: dict[int, float], i: int, step: float, size: int) -> float:
+    """Credit group ``i`` with ``step`` models of progress, at most up to its ``size``; returns what was
+    credited. A worker's last epoch messages can arrive after its group was credited in full on completion
+    (the queue is asynchronous): without the cap the bar ran past its total."""
+    step = max(0.0, min(step, size - credited[i]))
+    credited[i] += step
+    return step
+
+
+class _Progress:
+    """The build's progress bar in models (or nothing): credited per epoch and topped up per finished
+    group. ``watch`` lists groups trained elsewhere (other ranks): their files are looked for now and
+    then, and each counts when it appears."""
+
+    def __init__(self, b: _Build, enabled: bool, done: "set[int] | dict", pending: list[int], desc: str):
+        self.b = b
+        self.credited = {i: 0.0 for i in pending}
+        self.watch: list[int] = []
+        self.last_look = time.monotonic()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=len(b.configs), initial=sum(len(b.plan[i]) for i in done), unit="model", desc=desc,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} models [{elapsed}<{remaining}]",
+                dynamic_ncols=True,
+            )
+
+    def epoch(self, i: int, n_models: int) -> None:
+        if self.bar is not None:
+            e = self.b.by_id[self.b.plan[i][0]].train.epochs
+            self.bar.update(_credit(self.credited, i, n_models / e, len(self.b.plan[i])))
+            self.look()
+
+    def group_done(self, i: int) -> None:
+        if self.bar is not None:
+            self.bar.update(_credit(self.credited, i, len(self.b.plan[i]), len(self.b.plan[i])))
+
+    def look(self, every: float = 5.0) -> None:
+        if self.bar is None or not self.watch or time.monotonic() - self.last_look < every:
+            return
+        self.last_look = time.monotonic()
+        for i in [i for i in self.watch if _group_path(self.b.build_dir, i).exists()]:
+            self.watch.remove(i)
+            self.group_done(i)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# training: in this process, or in worker processes that die with it
+# --------------------------------------------------------------------------------------------------
+def _train(b: _Build, share: list[int], workers: int, progress: _Progress, finished: Callable[[int, "dict | None"], None]) -> int:
+    """Train the groups of ``share`` (in this process if ``workers`` is 1); returns the processes used."""
+    n = max(1, min(workers, len(share)))
+    if n == 1:
+        for i in share:
+            meta = _train_and_save(*b.job(i), on_epoch=lambda epoch, g, i=i: progress.epoch(i, g))
+            finished(i, meta)
+        return 1
+    _train_in_workers(b, _assign(share, [b.cost(i) for i in share], n), progress, finished)
+    return n
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), and leave
+    at once if the parent died before that was set (then this process was handed to another parent)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (libc is in the process already)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker_main(worker: int, parent_pid: int, jobs: list[list[tuple]], messages) -> None:
+    """A worker process (``torch.multiprocessing.start_processes``): trains its share, reporting each epoch
+    and each finished group to the parent; exits as soon as the parent is gone."""
+    _die_with_parent(parent_pid)
+
+    def on_epoch(epoch: int, n_models: int, index: int) -> None:
+        if os.getppid() != parent_pid:  # where there is no PR_SET_PDEATHSIG
+            os._exit(1)
+        messages.put(("epoch", index, n_models))
+
+    for job in jobs[worker]:
+        meta = _train_and_save(*job, on_epoch=lambda epoch, g, i=job[2]: on_epoch(epoch, g, i))
+        messages.put(("done", job[2], meta))
+
+
+def _train_in_workers(b: _Build, shares: list[list[int]], progress: _Progress, finished) -> None:
+    import queue
+
+    import torch.multiprocessing as tmp
+    from torch.multiprocessing.spawn import ProcessException
+
+    messages = tmp.get_context("spawn").Queue()
+    jobs = [[b.job(i) for i in share] for share in shares]
+    procs = tmp.start_processes(
+        _worker_main, args=(os.getpid(), jobs, messages), nprocs=len(shares), join=False, start_method="spawn"
+    )
+    reported: set[int] = set()
+
+    def drain() -> None:
+        while True:
+            try:
+                kind, i, payload = messages.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "epoch":
+                progress.epoch(i, payload)
+            elif i not in reported:
+                reported.add(i)
+                finished(i, payload)
+
+    try:
+        try:
+            while not procs.join(timeout=0.5):
+                drain()
+                progress.look()
+        except ProcessException as exc:
+            raise BuildError(
+                f"zoo build: worker process {exc.error_index} (pid {exc.error_pid}) failed; the groups finished so far "
+                f"are kept in {b.build_dir} and rerunning the build resumes from them.\n{exc.msg.strip()}"
+            ) from None
+        drain()
+        for i in (i for share in shares for i in share if i not in reported):  # a last message lost in the pipe
+            finished(i, None)
+    finally:  # interrupted, or a worker failed: stop the others now (start_processes stops them on failure)
+        for p in procs.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in procs.processes:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        messages.close()
+        messages.cancel_join_thread()
+
+
+# --------------------------------------------------------------------------------------------------
+# a launched world (torchrun, accelerate launch): gloo collectives carrying JSON
+# --------------------------------------------------------------------------------------------------
+_RANK_VARS, _SIZE_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+#: how long a collective waits (rendezvous, the start, assembling); waiting for the slowest rank's training
+#: is bounded separately, by the estimated training time (``_training_wait``)
+_COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def _env_int(names: tuple[str, ...]) -> "tuple[str, int] | None":
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            try:
+                return name, int(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name} must be an integer, got {value!r}") from None
+    return None
+
+
+def _launched_world() -> "tuple[int, int] | None":
+    """``(rank, world size)`` when this process is one of several a launcher started (``RANK`` /
+    ``WORLD_SIZE``, or MPI's), else None."""
+    size = _env_int(_SIZE_VARS)
+    if size is None or size[1] <= 1:
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and os.environ.get("MASTER_ADDR"):
+            warnings.warn(
+                "zoo build: `accelerate launch --cpu` started this one process only (accelerate starts several CPU "
+                "processes only through MPI, --mpirun_hostfile), so the build runs here alone. To spread it over "
+                "processes use `accelerate launch --multi_gpu --num_processes N -m hubedit zoo build ...` (torchrun "
+                "underneath; hubedit trains on CPU with gloo whatever the flag says) or `torchrun --nproc_per_node N "
+                "-m hubedit zoo build ...`; on one machine, --workers N does the same"
+            )
+        return None
+    rank = _env_int(_RANK_VARS)
+    if rank is None or not 0 <= rank[1] < size[1]:
+        raise ConfigError(
+            f"{size[0]}={size[1]} says this process is one of {size[1]}, but its rank "
+            f"({'/'.join(_RANK_VARS)}) is {rank[1] if rank else 'not set'}: expected 0..{size[1] - 1}"
+        )
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(f"{size[0]}={size[1]} is set but {name} is not: a launched build needs torchrun's or "
+                              "accelerate launch's rendezvous variables (MASTER_ADDR, MASTER_PORT)")
+    return rank[1], size[1]
+
+
+def _broadcast_json(obj, rank: int, group):
+    """``obj`` of rank 0, on every rank (as JSON bytes: nothing is unpickled)."""
+    import torch.distributed as dist
+
+    data = json.dumps(obj).encode() if rank == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group)
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if rank == 0 else torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(buf, src=0, group=group)
+    return obj if rank == 0 else json.loads(buf.numpy().tobytes())
+
+
+def _all_gather_json(obj, world: int, group) -> list:
+    """Every rank's ``obj``, in rank order (as JSON bytes)."""
+    import torch.distributed as dist
+
+    data = json.dumps(obj).encode()
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    longest = max(int(s) for s in sizes)
+    buf = torch.zeros(longest, dtype=torch.uint8)
+    buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    bufs = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, buf, group=group)
+    return [json.loads(b[: int(s)].numpy().tobytes()) for b, s in zip(bufs, sizes)]
+
+
+@contextlib.contextmanager
+def _gloo_group(rank: int, world: int):
+    """A gloo process group over the launched world: the default group, initialised here from the
+    launcher's variables, or a new group if the caller already initialised one (left as it was)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise ConfigError(f"torch.distributed is initialised as rank {dist.get_rank()} of {dist.get_world_size()}, "
+                              f"the launcher's variables say rank {rank} of {world}")
+        group = dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT)
+        try:
+            yield group
+        finally:
+            dist.destroy_process_group(group)
+        return
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=_COLLECTIVE_TIMEOUT)
+    try:
+        yield None
+    finally:
+        dist.destroy_process_group()
+
+
+def _training_wait(b: _Build, shares: list[list[int]]) -> datetime.timedelta:
+    """How long a rank waits for the others to finish training: half an hour more than three times the
+    largest share's estimated training time (the estimate is this project's cost model)."""
+    return datetime.timedelta(seconds=1800 + 3 * max(sum(b.cost(i) for i in s) for s in shares))
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the build
+# --------------------------------------------------------------------------------------------------
+def _collect(b: _Build, done: dict, pending: list[int], t_start: float, workers: int, world: int) -> tuple[list[Checkpoint], dict]:
+    """The build's checkpoints (ordered by configuration and epoch) and info, from ``done`` and the
+    group files of groups trained elsewhere."""
+    for i in range(len(b.plan)):
+        if i not in done:
+            path = _group_path(b.build_dir, i)
+            got = _read_group(path, i, b.plan[i]) if path.exists() else None
+            if got is None:
+                raise BuildError(
+                    f"zoo build: group {i} was trained by another rank but {path} is missing or unreadable here: every "
+                    "rank must build into the same folder (over several machines, a shared filesystem)"
+                )
+            done[i] = got
+    checkpoints: list[Checkpoint] = []
+    diverged: dict[str, str] = {}
+    backends: dict[str, int] = {}
+    train_s = eval_s = 0.0
+    for i in range(len(b.plan)):
+        cps, meta = done[i]
+        checkpoints.extend(cps)
+        diverged.update(meta.get("diverged", {}))
+        backends[meta.get("backend", "?")] = backends.get(meta.get("backend", "?"), 0) + len(b.plan[i])
+        train_s += meta.get("train_seconds", 0.0)
+        eval_s += meta.get("eval_seconds", 0.0)
+    checkpoints.sort(key=lambda c: (c.config.config_id, c.epoch))
+    p = b.preset
+    info = {
+        "builder": "hubedit.zoo.build_zoo",
+        "task": b.task,
+        "preset": p.name,
+        "preset_config": p.to_dict(),
+        "seed": b.seed,
+        "n_configs": len(b.configs),
+        "n_checkpoints": len(checkpoints),
+        "epochs": p.epochs,
+        "checkpoint_epochs": list(p.checkpoint_epochs),
+        "split_fractions": list(p.split_fractions),
+        "max_train_rows": p.max_train_rows,
+        "n_train_rows": b.n_rows,
+        "n_groups": len(b.plan),
+        "backends": backends,
+        "diverged": diverged,
+        "compile": b.compile if isinstance(b.compile, str) else bool(b.compile),
+        "workers": workers,  # training processes per rank (this session)
+        "world_size": world,  # ranks of a launched build (this session); 1 otherwise
+        "train_seconds": round(train_s, 1),  # summed over groups (worker wall time), all sessions
+        "eval_seconds": round(eval_s, 1),
+        "build_seconds": round(time.perf_counter() - t_start, 1),
+        "resumed_groups": len(b.plan) - len(pending),
+        "hubedit_version": _hubedit_version(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    return checkpoints, info
+
+
+def _check_workers(workers: "int | None") -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive number of processes, got {workers!r}")
+
+
+def _finisher(b: _Build, done: dict, progress: _Progress, on_group_done):
+    def finished(i: int, meta: "dict | None") -> None:
+        got = _read_group(_group_path(b.build_dir, i), i, b.plan[i])
+        if got is None:
+            raise CorruptFileError(f"zoo build: group {i} was written but cannot be read back")
+        done[i] = got
+        progress.group_done(i)
+        if on_group_done is not None:
+            on_group_done(i, meta if meta is not None else got[1])
+
+    return finished
+
+
+def _build(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save: bool):
+    """Plan, train and collect a build (and save its zoo if ``save``); returns ``(checkpoints, info, zoo)``,
+    or None on the ranks other than 0 of a launched world."""
+    t_start = time.perf_counter()
+    _check_workers(workers)
+    world = _launched_world()
+    if world is not None:
+        return _build_as_rank(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done,
+                              save, t_start, *world)
+    _check_out_folder(Path(out), None)  # at once, before the task is loaded and the kernels are built
+    b = _plan_build(task, preset, out, seed, n_configs, epochs, compile)
+    with contextlib.ExitStack() as stack:
+        done = _prepare(b, stack)
+        pending = [i for i in range(len(b.plan)) if i not in done]
+        n_workers = max(1, min(workers if workers is not None else _default_workers(), len(pending)))
+        bar = _Progress(b, progress, done, pending, f"zoo {b.task}/{b.preset.name}")
+        try:
+            used = _train(b, pending, n_workers, bar, _finisher(b, done, bar, on_group_done))
+        finally:
+            bar.close()
+        checkpoints, info = _collect(b, done, pending, t_start, used if pending else 1, 1)
+        zoo = _save(b, checkpoints, info) if save else None
+    return checkpoints, info, zoo
+
+
+def _save(b: _Build, checkpoints: list[Checkpoint], info: dict) -> "Zoo":
+    from .dataset import Zoo
+
+    zoo = Zoo(info["task"], checkpoints, info=info)
+    zoo.save(b.out)
+    return zoo
+
+
+def _build_as_rank(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save,
+                   t_start, rank: int, world: int):
+    """One rank of a launched build: rank 0 checks and locks the folder and shares out the pending groups,
+    every rank trains its share, and rank 0 collects (and saves) the zoo. Each step ends with every rank
+    learning whether all succeeded; a failure anywhere raises on every rank."""
+    with _gloo_group(rank, world) as group, contextlib.ExitStack() as stack:
+        # 1. every rank plans the build; rank 0 prepares the folder and shares the pending groups out
+        setup: dict = {"error": None}
+        b, failure, done = None, None, {}
+        try:
+            b = _plan_build(task, preset, out, seed, n_configs, epochs, compile)
+            b.options["rank"] = rank
+            if rank == 0:
+                done = _prepare(b, stack)
+                pending = [i for i in range(len(b.plan)) if i not in done]
+                setup.update(
+                    shares=_assign(pending, [b.cost(i) for i in pending], world),
+                    pending=pending,
+                    manifest={k: b.manifest[k] for k in (*_CHECKED_FIELDS, "hubedit_version", "torch_version")},
+                    manifest_sha256=hashlib.sha256((b.build_dir / "manifest.json").read_bytes()).hexdigest(),
+                )
+        except Exception as exc:
+            failure = exc
+            setup = {"error": _error_text(exc)}
+        setup = _broadcast_json(setup, rank, group)
+        # 2. every rank checks it plans the same build and sees rank 0's folder
+        problem = None
+        if failure is not None:
+            problem = _error_text(failure)
+        elif rank != 0 and setup["error"] is None:
+            problem = _same_build(b, setup)
+        problems = _all_gather_json(problem, world, group)
+        if setup["error"] is not None or any(problems):
+            if failure is not None:
+                raise failure
+            raise BuildError("zoo build did not start: " + "; ".join(
+                f"rank {r}: {p}" for r, p in enumerate(problems) if p))
+        # 3. every rank trains its share (with --workers local processes if asked)
+        shares, pending = setup["shares"], setup["pending"]
+        bar = _Progress(b, progress and rank == 0, set(range(len(b.plan))) - set(pending), pending,
+                        f"zoo {b.task}/{b.preset.name} ({world} ranks)")
+        bar.watch = [i for r, share in enumerate(shares) if r != 0 for i in share]
+        status, used = None, 1
+        try:
+            used = _train(b, shares[rank], workers or 1, bar, _finisher(b, done, bar, on_group_done))
+        except Exception as exc:
+            failure, status = exc, _error_text(exc)
+            print(f"hubedit zoo build: rank {rank} failed ({status}); the other ranks finish their groups, which "
+                  "a rerun then resumes from", file=sys.stderr, flush=True)
+        import torch.distributed as dist
+
+        dist.monitored_barrier(group=group, timeout=_training_wait(b, shares), wait_all_ranks=True)
+        statuses = _all_gather_json(status, world, group)
+        if not any(statuses):
+            bar.look(every=0.0)
+        bar.close()
+        if any(statuses):
+            if failure is not None:
+                raise failure
+            raise BuildError("zoo build: " + "; ".join(f"rank {r} failed: {s}" for r, s in enumerate(statuses) if s))
+        # 4. rank 0 collects (and saves) the zoo and tells the others how that went
+        result, outcome = None, None
+        if rank == 0:
+            try:
+                checkpoints, info = _collect(b, done, pending, t_start, used, world)
+                result = checkpoints, info, (_save(b, checkpoints, info) if save else None)
+            except Exception as exc:
+                failure, outcome = exc, _error_text(exc)
+        outcome = _broadcast_json(outcome, rank, group)
+        if failure is not None:
+            raise failure
+        if outcome is not None:
+            raise BuildError(f"zoo build: rank 0 could not assemble the zoo: {outcome}")
+        return result
+
+
+def _same_build(b: _Build, setup: dict) -> "str | None":
+    """What keeps this rank from joining rank 0's build (other settings, versions, or not the same folder)."""
+    mine = {k: b.manifest[k] for k in setup["manifest"]}
+    diffs = sorted(k for k in mine if mine[k] != setup["manifest"][k])
+    if diffs:
+        return (f"plans another build than rank 0 (it differs in {', '.join(diffs)}): every rank needs the same "
+                "arguments, hubedit, torch and trainer kernels")
+    mpath = b.build_dir / "manifest.json"
+    try:
+        sha = hashlib.sha256(mpath.read_bytes()).hexdigest()
+    except OSError:
+        sha = None
+    if sha != setup["manifest_sha256"]:
+        return (f"does not see rank 0's build folder ({mpath} is {'missing' if sha is None else 'another file'} "
+                "here): over several machines the output folder must be on a filesystem they all share")
+    return None
 
 
 def build_checkpoints(
@@ -188,179 +876,13 @@ def build_checkpoints(
     workers: int | None = None,
     compile: "bool | str" = "auto",
     on_group_done: Callable[[int, dict], None] | None = None,
-) -> tuple[list[Checkpoint], dict]:
+) -> "tuple[list[Checkpoint], dict] | None":
     """Everything :func:`build_zoo` does except creating and saving the :class:`Zoo`: returns the
-    checkpoints (ordered by configuration and epoch) and the build info."""
-    t_start = time.perf_counter()
-    t = load_task(task)
-    p = get_preset(preset).replace(n_configs=n_configs, epochs=epochs)
-    configs = sample_configs(t.name, t.n_features, p.n_configs, seed, p.epochs, p.checkpoint_epochs, p.split_fractions)
-    _, y = training_data(t, p.max_train_rows)
-    n_rows = len(y)
-    plan = plan_groups(configs, n_rows, p.max_group_size)
-    by_id = {c.config_id: c for c in configs}
-
-    out = Path(out)
-    build_dir = out / BUILD_DIR
-    build_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(t.name, p, seed, configs, plan, compile)
-    mpath = build_dir / "manifest.json"
-    if mpath.exists():
-        _check_manifest(mpath, manifest)
-    else:
-        tmp = mpath.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, mpath)
-
-    for stale in build_dir.glob("group-*.parquet.tmp-*"):  # left by a killed worker
-        stale.unlink(missing_ok=True)
-    done: dict[int, tuple[list[Checkpoint], dict]] = {}
-    for i, ids in enumerate(plan):
-        path = _group_path(build_dir, i)
-        if path.exists():
-            got = _read_group(path, i, ids)
-            if got is not None:
-                done[i] = got
-    pending = [i for i in range(len(plan)) if i not in done]
-    options = {"max_train_rows": p.max_train_rows, "compile": compile}
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(configs),
-            initial=sum(len(plan[i]) for i in done),
-            unit="model",
-            desc=f"zoo {t.name}/{p.name}",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} models [{elapsed}<{remaining}]",
-            dynamic_ncols=True,
-        )
-
-    def finished(i: int, meta: dict) -> None:
-        got = _read_group(_group_path(build_dir, i), i, plan[i])
-        if got is None:
-            raise CorruptFileError(f"zoo build: group {i} was written but cannot be read back")
-        done[i] = got
-        if on_group_done is not None:
-            on_group_done(i, meta)
-
-    n_workers = workers if workers is not None else _default_workers(len(pending))
-    try:
-        if n_workers <= 1 or len(pending) <= 1:
-            for i in pending:
-                if bar is not None:
-                    g_epochs = by_id[plan[i][0]].train.epochs
-                    options["_on_epoch"] = lambda epoch, g, e=g_epochs: bar.update(g / e)
-                    start_n = bar.n
-                meta = _train_and_save(t.name, [by_id[c].to_dict() for c in plan[i]], i, str(_group_path(build_dir, i)), options)
-                if bar is not None:  # land exactly on the group's size whatever the epoch updates summed to
-                    bar.update(start_n + len(plan[i]) - bar.n)
-                finished(i, meta)
-        else:
-            # longest groups first (results do not depend on the order; the tail gets shorter)
-            order = sorted(pending, key=lambda i: -group_cost([by_id[c] for c in plan[i]], n_rows))
-            _run_parallel(t.name, plan, order, by_id, build_dir, options, n_workers, bar, finished)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    checkpoints: list[Checkpoint] = []
-    diverged: dict[str, str] = {}
-    backends: dict[str, int] = {}
-    train_s = eval_s = 0.0
-    for i in range(len(plan)):
-        cps, meta = done[i]
-        checkpoints.extend(cps)
-        diverged.update(meta.get("diverged", {}))
-        backends[meta.get("backend", "?")] = backends.get(meta.get("backend", "?"), 0) + len(plan[i])
-        train_s += meta.get("train_seconds", 0.0)
-        eval_s += meta.get("eval_seconds", 0.0)
-    checkpoints.sort(key=lambda c: (c.config.config_id, c.epoch))
-    info = {
-        "builder": "hubedit.zoo.build_zoo",
-        "task": t.name,
-        "preset": p.name,
-        "preset_config": p.to_dict(),
-        "seed": int(seed),
-        "n_configs": len(configs),
-        "n_checkpoints": len(checkpoints),
-        "epochs": p.epochs,
-        "checkpoint_epochs": list(p.checkpoint_epochs),
-        "split_fractions": list(p.split_fractions),
-        "max_train_rows": p.max_train_rows,
-        "n_train_rows": n_rows,
-        "n_groups": len(plan),
-        "backends": backends,
-        "diverged": diverged,
-        "compile": compile if isinstance(compile, str) else bool(compile),
-        "workers": n_workers,
-        "train_seconds": round(train_s, 1),  # summed over groups (worker wall time), all sessions
-        "eval_seconds": round(eval_s, 1),
-        "build_seconds": round(time.perf_counter() - t_start, 1),
-        "resumed_groups": len(plan) - len(pending),
-        "hubedit_version": _hubedit_version(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    return checkpoints, info
-
-
-def _credit(credited: dict[int, float], i: int, step: float, size: int) -> float:
-    """Credit group ``i`` with ``step`` models of progress, at most up to its ``size``; returns what was
-    credited. A worker's last epoch messages can arrive after its group was credited in full on completion
-    (the queue is asynchronous): without the cap the bar ran past its total."""
-    step = max(0.0, min(step, size - credited[i]))
-    credited[i] += step
-    return step
-
-
-def _run_parallel(task, plan, pending, by_id, build_dir, options, n_workers, bar, finished) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager() if bar is not None else None
-    queue = manager.Queue() if manager is not None else None
-    opts = {k: v for k, v in options.items() if not k.startswith("_")}
-    epochs = {i: by_id[plan[i][0]].train.epochs for i in pending}
-    credited = {i: 0.0 for i in pending}
-
-    def drain() -> None:
-        while queue is not None and not queue.empty():
-            i, g = queue.get_nowait()
-            bar.update(_credit(credited, i, g / epochs[i], len(plan[i])))
-
-    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
-    try:
-        futures = {
-            pool.submit(
-                _train_and_save, task, [by_id[c].to_dict() for c in plan[i]], i,
-                str(_group_path(build_dir, i)), opts, queue,
-            ): i
-            for i in pending
-        }
-        while futures:
-            ready, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
-            drain()
-            for f in ready:
-                i = futures.pop(f)
-                meta = f.result()
-                if bar is not None:
-                    bar.update(len(plan[i]) - credited[i])
-                    credited[i] = len(plan[i])
-                finished(i, meta)
-        pool.shutdown(wait=True)
-    except BaseException:
-        # interrupted (or a group failed): stop now; finished groups are on disk, running ones are lost
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-        raise
-    finally:
-        if manager is not None:
-            manager.shutdown()
+    checkpoints (ordered by configuration and epoch) and the build info; None on the ranks other than 0
+    of a launched build. ``on_group_done(index, meta)`` is called as each group this process (or its
+    workers) trained finishes."""
+    got = _build(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save=False)
+    return None if got is None else got[:2]
 
 
 def build_zoo(
@@ -374,23 +896,20 @@ def build_zoo(
     *,
     workers: int | None = None,
     compile: "bool | str" = "auto",
-):
+) -> "Zoo | None":
     """Sample ``preset``'s configurations for ``task`` with ``seed``, train them (batched, resumable,
     see the module docstring), save the :class:`~hubedit.zoo.Zoo` to ``out`` and return it.
 
     ``n_configs`` / ``epochs`` override the preset (checkpoints move with ``epochs``). ``workers``:
-    training processes (default: one per core, at most 2). ``compile``: ``"auto"`` or False (the
-    whole-step kernel where it is built; otherwise the torch formulation, compiled for groups large enough
-    to repay it under ``"auto"``), or True (the compiled torch formulation everywhere); part of the
-    build's identity (a resume must match).
-    The same arguments give byte-identical weights.
+    training processes on this machine (default: the cores available to this process, at most one per
+    pending group; 1 per rank of a launched build). Under ``torchrun`` / ``accelerate launch`` the ranks
+    share the groups and rank 0 saves the zoo; the other ranks return None (see the module docstring).
+    ``out`` must be new, empty, or an earlier build's folder with the same settings (other files a build
+    would replace are refused with ``FileExistsError``; a folder another build holds, with
+    :class:`BuildLockedError`). ``compile``: ``"auto"`` or False (the whole-step kernel where it is built;
+    otherwise the torch formulation, compiled for groups large enough to repay it under ``"auto"``), or
+    True (the compiled torch formulation everywhere); part of the build's identity (a resume must match).
+    The same arguments give byte-identical weights, whatever the number of processes.
     """
-    from .dataset import Zoo
-
-    checkpoints, info = build_checkpoints(
-        task, preset, out, seed, progress, n_configs, epochs, workers=workers, compile=compile
-    )
-    zoo = Zoo(info["task"], checkpoints, info=info)
-    zoo.save(out)
-    return zoo
-
+    got = _build(task, preset, out, seed, progress, n_configs, epochs, workers, compile, None, save=True)
+    return None if got is None else got[2]
