@@ -4,6 +4,9 @@ sections (:mod:`.sections`). Zoo dataset cards live with the zoo (:func:`hubedit
 Cards are ``huggingface_hub.ModelCard`` objects assembled from sections (as skops does), with
 ``model-index`` eval results; :func:`validate_card` checks the YAML before anything is pushed.
 Importing this package does not import ``huggingface_hub`` (its endpoint variables are read on import).
+:mod:`.edited_folder` (not imported here) writes an edited model's folder -- weights, report, ONNX, card -- and
+publishes it in one commit: the code behind ``EditedMLP.save_pretrained`` / ``push_to_hub`` and
+:mod:`hubedit.publish`.
 """
 
 from .edited_card import (

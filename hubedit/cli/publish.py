@@ -75,7 +75,12 @@ def _card(args: argparse.Namespace) -> int:
         edited.record = config.get("edit_record") or edited.record
         task = load_task(edited.record["task"])
         reference = MLP.load(args.reference)
-        editor = Editor.from_pretrained(args.editor, revision=args.editor_revision) if args.editor else None
+        editor = None
+        if args.editor:  # a folder, or a repo id; a mistyped path is an error, not a Hub lookup
+            from ..hub import local_folder_or_repo_id
+
+            editor_folder = local_folder_or_repo_id(args.editor, "editor")
+            editor = Editor.from_pretrained(editor_folder or args.editor, revision=args.editor_revision)
         old = {}
         if (folder / "metrics.json").is_file():
             old = json.loads((folder / "metrics.json").read_text())

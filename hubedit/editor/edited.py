@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import torch
@@ -51,17 +52,22 @@ class EditedMLP(MLP):
         edited.metadata = model.metadata
         return edited
 
-    def save_pretrained(self, save_directory, *, task=None, reference: MLP | None = None, **kwargs):
+    # --- persistence: the huggingface_hub mixin pattern -- the methods live on the object, the folder and upload
+    # machinery in a lower module (hubedit.cards.edited_folder, which never imports hubedit.editor); hubedit.publish,
+    # above, re-exports it and loads edited models back.
+    def save_pretrained(self, save_directory: str | os.PathLike, *, task=None, reference: MLP | None = None,
+                        **kwargs):
         """Write weights, config, ONNX, metrics, card and Pareto plot to a folder
-        (:func:`hubedit.publish.save_edited`; ``reference`` is the original model)."""
-        from ..publish import save_edited
+        (:func:`hubedit.publish.save_edited`; ``reference`` is the original model). Returns ``SavedEdited``."""
+        from ..cards.edited_folder import save_edited
 
         return save_edited(self, save_directory, task=task, reference=reference, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, task=None, reference: MLP | None = None, **kwargs):
         """Publish to a Hub model repo in one commit (:func:`hubedit.publish.push_edited`): weights, config,
-        ONNX, metrics, card and Pareto plot, prepared and checked before any upload. Returns the ``CommitInfo``."""
-        from ..publish import push_edited
+        ONNX, metrics, card and Pareto plot, prepared and checked before any upload. Returns the ``CommitInfo``;
+        a failed upload is a :class:`hubedit.hub.HubError` and leaves no repo or branch this push created."""
+        from ..cards.edited_folder import push_edited
 
         return push_edited(self, repo_id, task=task, reference=reference, **kwargs)
 

@@ -185,9 +185,11 @@ class HubServer:
     def fail_next(self, kind: str, status: int = 500, count: int = 1, message: str = "Injected failure") -> None:
         """Make the next ``count`` requests of ``kind`` fail with ``status`` (after reading their body).
 
-        Kinds are the route names, e.g. ``"commit"``, ``"lfs_upload"``, ``"lfs_batch"``, ``"preupload"``,
-        ``"resolve"``, ``"create_repo"``. The client retries LFS uploads (and batch/preupload calls) on
-        408/429/5xx with back-off, so a single 500 there tests the retry; use a 4xx to make them fail.
+        Kinds are the route names, e.g. ``"commit"``, ``"lfs_upload"`` (the PUT of an LFS object, failed after its
+        bytes are read and before they are stored), ``"lfs_verify"``, ``"lfs_batch"``, ``"preupload"``,
+        ``"resolve"``, ``"create_repo"``, ``"branch"``. The client retries LFS uploads and verifies (and
+        batch/preupload calls) on 408/429/5xx with back-off, so a single 500 there tests the retry; use a 4xx to
+        make them fail. An object already stored skips its upload and verify: fail those with new bytes.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"Unknown kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
