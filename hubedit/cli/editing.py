@@ -78,12 +78,19 @@ def _train(args: argparse.Namespace) -> int:
         points_per_step=args.points_per_step, hidden=args.hidden, layers=args.layers, lr=args.lr,
         temperature=args.temperature, eval_every=args.eval_every, zoo_fraction=args.zoo_fraction, seed=args.seed,
     )
-    print(f"{editor!r} saved to {args.out}")
-    for p in editor.settings["validation_front"]:
-        print(f"  validation: lambda={p['lam']:.4g} metric={p['metric']:.4f} jsd={p['jsd']:.5f}")
-    if args.push:
-        editor.push_to_hub(args.push)
-        print(f"published {args.push}")
+    from accelerate import PartialState
+
+    state = PartialState()  # the processes of `accelerate launch`, or just this one
+    try:  # report and publish once, from the main process; the others wait at the barrier below
+        if state.is_main_process:
+            print(f"{editor!r} saved to {args.out}")
+            for p in editor.settings["validation_front"]:
+                print(f"  validation: lambda={p['lam']:.4g} metric={p['metric']:.4f} jsd={p['jsd']:.5f}")
+            if args.push:
+                editor.push_to_hub(args.push)
+                print(f"published {args.push}")
+    finally:
+        state.wait_for_everyone()
     return 0
 
 

@@ -8,10 +8,13 @@ it was trained on, the metanetwork's hyper-parameters and the validation Pareto 
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,25 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ConfigError, CorruptFileError, FeatureMismatchError, UnsupportedArchitectureError
 from ..graph import batch_to_mlps, mlps_to_batch
 from ..metanet.model import GraphMetanetwork
 from ..mlp import MLP
+from ..mlp.module import check_header_tensors, read_safetensors_header
 from ..requirements import get_requirement
 from .editing import folded_values, run_edit
 from .edited import EditedMLP
 
 WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# safetensors metadata key holding the settings the weights were saved for (compared with config.json on load)
+SAVED_SETTINGS_KEY = "hubedit_editor"
+# the settings that decide what the weights compute: a config.json that changes any of them does not belong
+# to the weights (zoo, validation front, training record and version are provenance)
+WEIGHT_BOUND_SETTINGS = (
+    "requirement", "variant", "task", "lam", "lam_range", "temperature", "feature_schema", "metanet",
+)
 
 
 class Editor(
@@ -76,12 +88,14 @@ class Editor(
                 f"an editor needs exactly one of lam (a trained trade-off) or lam_range (lambda-conditioned); "
                 f"got lam={lam!r}, lam_range={lam_range!r}"
             )
-        if lam is not None and not lam >= 0:
-            raise ConfigError(f"lam must be >= 0, got {lam!r}")
+        if lam is not None and not (lam >= 0 and math.isfinite(lam)):
+            raise ConfigError(f"lam must be a finite number >= 0, got {lam!r}")
         if lam_range is not None:
-            if len(lam_range) != 2 or not 0 < lam_range[0] < lam_range[1]:
-                raise ConfigError(f"lam_range must be [low, high] with 0 < low < high, got {lam_range!r}")
+            if len(lam_range) != 2 or not (0 < lam_range[0] < lam_range[1] and math.isfinite(lam_range[1])):
+                raise ConfigError(f"lam_range must be [low, high] with 0 < low < high, both finite, got {lam_range!r}")
             lam_range = [float(v) for v in lam_range]
+        if not math.isfinite(temperature):
+            raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.requirement = get_requirement(requirement, variant, temperature=temperature)
         from ..tasks import load_task
 
@@ -91,6 +105,11 @@ class Editor(
         net_kwargs = dict(metanet or {})
         net_kwargs.setdefault("max_in", schema["n_features"])
         net_kwargs.setdefault("max_out", schema.get("n_classes", 2))
+        if net_kwargs["max_in"] < schema["n_features"] or net_kwargs["max_out"] < schema.get("n_classes", 2):
+            raise ConfigError(
+                f"metanet max_in={net_kwargs['max_in']}, max_out={net_kwargs['max_out']} do not cover the task's "
+                f"{schema['n_features']} features and {schema.get('n_classes', 2)} classes"
+            )
         net_kwargs["cond_dim"] = 1 if lam_range is not None else 0
         self.metanet = GraphMetanetwork(**net_kwargs)
         self.settings: dict[str, Any] = {
@@ -107,8 +126,7 @@ class Editor(
             "training": dict(training or {}),
             "hubedit_version": hubedit_version,
         }
-        self._hub_mixin_config = self.settings  # what save_pretrained writes as config.json
-        self.source: dict[str, Any] = {}
+        self.source: dict[str, Any] = {}  # where from_pretrained found it: {"path"} or {"repo_id", "revision"}
 
     # --- properties -------------------------------------------------------------------------------------
     @property
@@ -268,64 +286,338 @@ class Editor(
             return super().push_to_hub(repo_id, *args, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's saving hook: ``model.safetensors`` (with the weight-bound settings in its metadata, so
+        that a ``config.json`` changed later is caught on load) and ``config.json`` (the settings)."""
         from safetensors.torch import save_model
 
-        save_model(self, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": "pt", "library": "hubedit"})
-        (Path(save_directory) / "config.json").write_text(json.dumps(self.settings, indent=2, sort_keys=True))
+        saved = {k: self.settings[k] for k in WEIGHT_BOUND_SETTINGS}
+        metadata = {"format": "pt", "library": "hubedit", SAVED_SETTINGS_KEY: json.dumps(saved, sort_keys=True)}
+        save_model(self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata)
+        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(self.settings, indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        token: str | bool | None = None, **kwargs) -> "Editor":
-        """Load from a local folder or a Hub repo id (optionally at a branch, tag or commit)."""
-        from ..hub import snapshot
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> "Editor":
+        """Load from a local folder or a Hub repo id, with the mixin's arguments: ``revision`` (branch, tag or
+        commit), ``cache_dir``, ``force_download``, ``local_files_only``, ``token`` and ``map_location`` (the
+        device). Loading is always strict and safetensors-only; ``config.json`` is validated (unknown keys,
+        types, finite lambda) and must match the weights. ``editor.source`` says where it came from:
+        ``{"path"}`` or ``{"repo_id", "revision"}`` with the resolved commit sha.
 
-        where = Path(pretrained_model_name_or_path)
-        if where.is_dir():
-            folder, source = where, {"path": str(where)}
+        A mistyped local path, a missing repo or revision, or a file not in the cache with
+        ``local_files_only=True`` is a :class:`hubedit.hub.HubError` naming the repo and endpoint."""
+        from ..hub import describe_repo, local_folder_or_repo_id
+
+        folder = local_folder_or_repo_id(pretrained_model_name_or_path, "editor")
+        if folder is not None and revision is not None:
+            raise ConfigError(
+                f"revision={revision!r} applies to Hub repos, but {str(folder)!r} is a local folder; "
+                "pass the repo id to load a revision"
+            )
+        name = str(folder if folder is not None else pretrained_model_name_or_path)
+        what = f"local folder {name!r}" if folder is not None else describe_repo(name, "model", revision)
+        with _hub_reading(what, CONFIG_NAME):
+            try:  # the mixin reads config.json itself before calling _from_pretrained
+                return super().from_pretrained(
+                    name, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                    local_files_only=local_files_only, token=token, map_location=map_location, strict=strict,
+                    **model_kwargs,
+                )
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CorruptFileError(f"{what}: {CONFIG_NAME} does not parse as JSON: {exc}") from exc
+            except AttributeError as exc:  # the mixin iterates config.items(): a JSON list, string or number
+                if getattr(exc, "name", None) != "items" or isinstance(getattr(exc, "obj", None), dict):
+                    raise
+                raise CorruptFileError(
+                    f"{what}: {CONFIG_NAME} must hold a JSON object, got {type(exc.obj).__name__}"
+                ) from exc
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | os.PathLike | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> "Editor":
+        """The mixin's loading hook (see :meth:`from_pretrained`). ``model_kwargs`` are the ``__init__``
+        arguments the mixin read from ``config.json``; they may not be overridden."""
+        from huggingface_hub import hf_hub_download
+
+        from ..hub import describe_repo
+
+        if strict is not True:
+            raise ConfigError("an editor is always loaded strictly (every tensor, nothing else); got strict=False")
+        init_parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(model_kwargs) - init_parameters)
+        if unknown:
+            raise ConfigError(f"Editor.from_pretrained got unknown arguments {unknown}")
+        device = _usable_device(map_location)
+        if os.path.isdir(model_id):
+            folder = Path(model_id)
+            config_path, weights_path, source = folder / CONFIG_NAME, folder / WEIGHTS_NAME, {"path": str(folder)}
+            where = str(folder)
+            if not config_path.is_file():
+                raise CorruptFileError(f"{where}: no {CONFIG_NAME} (is this a hubedit editor?)")
+            if not weights_path.is_file():
+                raise CorruptFileError(f"{where}: no {WEIGHTS_NAME}; hubedit loads safetensors weights only")
         else:
-            folder, sha = snapshot(
-                str(pretrained_model_name_or_path), repo_type="model", revision=revision, token=token,
-                allow_patterns=["config.json", WEIGHTS_NAME],
-            )
-            source = {"repo_id": str(pretrained_model_name_or_path), "revision": sha}
-        config_path, weights_path = folder / "config.json", folder / WEIGHTS_NAME
-        if not config_path.is_file():
-            raise CorruptFileError(f"{pretrained_model_name_or_path}: no config.json (is this a hubedit editor?)")
-        if not weights_path.is_file():
-            raise CorruptFileError(
-                f"{pretrained_model_name_or_path}: no {WEIGHTS_NAME}; hubedit loads safetensors weights only"
-            )
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{config_path} does not parse as JSON: {exc}") from exc
-        for key in ("requirement", "task"):
-            if key not in config:
-                raise ConfigError(f"{config_path} has no {key!r}: not a hubedit editor config")
-        editor = cls(**config)
-        _load_strict(editor, weights_path)
+            where = describe_repo(model_id, "model", revision)
+            fetch = dict(repo_id=model_id, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+                         library_name="hubedit")
+            # config.json first (the mixin fetched it already, force_download included): its snapshot folder is
+            # named by the commit the revision resolved to; the weights are then fetched at that very commit
+            with _hub_reading(where, CONFIG_NAME):
+                config_path = Path(hf_hub_download(filename=CONFIG_NAME, revision=revision, **fetch))
+            sha = config_path.parent.name
+            with _hub_reading(where, WEIGHTS_NAME):
+                weights_path = Path(hf_hub_download(filename=WEIGHTS_NAME, revision=sha, force_download=force_download,
+                                                    **fetch))
+            source = {"repo_id": model_id, "revision": sha}
+        settings = _read_settings(config_path, where)
+        for key, value in model_kwargs.items():  # the mixin passes config.json's values; anything else is an override
+            if key not in settings or settings[key] != value:
+                raise ConfigError(
+                    f"Editor.from_pretrained takes {key!r} from {CONFIG_NAME} ({settings.get(key)!r}); it cannot be "
+                    f"overridden (got {value!r}): an editor's settings belong to its weights"
+                )
+        editor = _build_checked(cls, settings, weights_path, where)
         editor.source = source
-        return editor.eval()
+        return editor.to(device).eval()
 
 
-def _load_strict(editor: Editor, path: Path) -> None:
+@contextmanager
+def _hub_reading(what: str, filename: str) -> Iterator[None]:
+    """The client's failures while fetching ``filename`` of ``what`` as hubedit errors: a missing repo or
+    revision is :class:`~hubedit.hub.HubNotFoundError`, a missing file :class:`CorruptFileError` (not an
+    editor), no connection or nothing cached with ``local_files_only`` :class:`~hubedit.hub.HubError`."""
+    import httpx2
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from ..hub import HubError, HubNotFoundError, timeouts
+
+    try:
+        with timeouts():  # every request bounded by hubedit's Hub timeout
+            yield
+    except RepositoryNotFoundError as exc:
+        raise HubNotFoundError(f"{what}: no such repo (check the id, and a token for private repos)") from exc
+    except RevisionNotFoundError as exc:
+        raise HubNotFoundError(f"{what}: no such revision (branch, tag or commit)") from exc
+    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError, its base
+        raise HubError(
+            f"{what}: {filename} is not in the local cache, and downloading is off (local_files_only=True or "
+            f"HF_HUB_OFFLINE=1); load it once online first ({exc})"
+        ) from exc
+    except EntryNotFoundError as exc:
+        hint = "hubedit loads safetensors weights only" if filename == WEIGHTS_NAME else "is this a hubedit editor?"
+        raise CorruptFileError(f"{what}: no {filename} in the repo ({hint})") from exc
+    except OfflineModeIsEnabled as exc:
+        raise HubError(f"{what}: not reachable and not in the local cache ({exc})") from exc
+    except HfHubHTTPError as exc:
+        raise HubError(f"{what}: the Hub answered with an error: {exc}") from exc
+    except httpx2.TransportError as exc:  # no connection, or no answer within the timeout
+        raise HubError(f"{what}: the endpoint is unreachable or did not answer ({type(exc).__name__}: {exc})") from exc
+
+
+def _usable_device(map_location: str | torch.device) -> torch.device:
+    """``map_location`` as a device that can hold the editor's weights, or a :class:`ConfigError`."""
+    try:
+        device = torch.device(map_location)
+        if device.type == "meta":
+            raise ConfigError(
+                "map_location='meta' would drop the editor's weights; give a device such as 'cpu' or 'cuda'"
+            )
+        torch.empty(0, device=device)
+    except ConfigError:
+        raise
+    except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
+        raise ConfigError(f"map_location={map_location!r} is not a usable device here: {exc}") from exc
+    return device
+
+
+_NUMBER = (int, float)
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "requirement": (str,),
+    "task": (str,),
+    "variant": (str, type(None)),
+    "lam": (*_NUMBER, type(None)),
+    "lam_range": (list, type(None)),
+    "feature_schema": (dict, type(None)),
+    "metanet": (dict, type(None)),
+    "temperature": _NUMBER,
+    "zoo": (dict, type(None)),
+    "validation_front": (list, type(None)),
+    "training": (dict, type(None)),
+    "hubedit_version": (str,),
+}
+_METANET_TYPES: dict[str, tuple[type, ...]] = {
+    "hidden": (int,), "layers": (int,), "max_in": (int,), "max_out": (int,), "max_depth": (int,),
+    "edge_hidden": (int, type(None)), "activation": (str,), "mask_classes": (int,), "alpha_init": _NUMBER,
+    "node_norm": (bool,), "edge_norm": (bool,), "cond_dim": (int,),
+}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    """JSON's names of ``types``: ``(int, float, NoneType)`` is "number or null"."""
+    names = {int: "integer", float: "number", str: "string", list: "list", dict: "object", bool: "true/false",
+             type(None): "null"}
+    shown = [names[t] for t in types if not (t is int and float in types)]
+    return " or ".join(shown)
+
+
+def _check_types(values: dict, types: dict[str, tuple[type, ...]], where: str, what: str) -> None:
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(f"{where}: unknown {what} keys {unknown}; expected a subset of {sorted(types)}")
+    for key, value in values.items():
+        allowed = types[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ConfigError(f"{where}: {what} {key!r} must be {_type_names(allowed)}, got {value!r}")
+
+
+def _check_settings(config: Any, where: str) -> dict:
+    """Validate an editor config (what ``config.json`` holds) before anything is built: a JSON object with
+    known keys of the right types, ``requirement`` and ``task`` present, lambdas finite, the metanetwork's
+    sizes positive integers, the training record (if any) agreeing with the top-level settings."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: an editor config must be a JSON object, got {type(config).__name__}")
+    for key in ("requirement", "task"):
+        if key not in config:
+            raise ConfigError(f"{where} has no {key!r}: not a hubedit editor config")
+    _check_types(config, _SETTING_TYPES, where, "config")
+    for key in ("lam", "temperature"):
+        if config.get(key) is not None and not math.isfinite(config[key]):
+            raise ConfigError(f"{where}: {key} must be finite, got {config[key]!r}")
+    lam_range = config.get("lam_range")
+    if lam_range is not None and not (
+        len(lam_range) == 2 and all(isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
+                                    for v in lam_range)
+    ):
+        raise ConfigError(f"{where}: lam_range must be [low, high] (two finite numbers), got {lam_range!r}")
+    net = config.get("metanet") or {}
+    _check_types(net, _METANET_TYPES, where, "metanet")
+    least = {"hidden": 1, "layers": 1, "max_in": 1, "max_out": 2, "max_depth": 1, "edge_hidden": 1, "mask_classes": 2,
+             "cond_dim": 0}
+    small = {k: v for k, v in net.items() if k in least and v is not None and v < least[k]}
+    if small:
+        raise ConfigError(f"{where}: metanet sizes too small: {small}; the least values are {least}")
+    schema = config.get("feature_schema")
+    if schema is not None:
+        n = schema.get("n_features")
+        names = schema.get("feature_names")
+        classes = schema.get("n_classes", 2)
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(names, list)
+                and len(names) == n and all(isinstance(f, str) for f in names)
+                and isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2):
+            raise ConfigError(
+                f"{where}: feature_schema must give n_features >= 1, that many feature_names and n_classes >= 2; "
+                f"got n_features={n!r}, {len(names) if isinstance(names, list) else names!r} names, "
+                f"n_classes={classes!r}"
+            )
+    training = config.get("training") or {}
+    recorded = {"requirement": training.get("requirement"), "variant": training.get("variant"),
+                "lam": training.get("lam"), "lam_range": training.get("lam_range")}
+    for key, value in recorded.items():
+        if value is not None and config.get(key) is not None and _canonical(value) != _canonical(config[key]):
+            raise ConfigError(
+                f"{where}: {key} is {config[key]!r}, but the editor was trained with {key}={value!r} "
+                "(its training record); the config does not describe these weights"
+            )
+    return config
+
+
+def _canonical(value: Any) -> Any:
+    """JSON's view of a value (tuples are lists, ints and floats compare by value)."""
+    return json.loads(json.dumps(value))
+
+
+def _read_settings(config_path: Path, where: str) -> dict:
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{where}: {CONFIG_NAME} does not parse as JSON: {exc}") from exc
+    return _check_settings(config, f"{where}: {CONFIG_NAME}")
+
+
+def _build_checked(cls: type[Editor], settings: dict, weights_path: Path, where: str) -> Editor:
+    """Build the editor ``settings`` describe and load ``weights_path`` into it, checking the weights'
+    header (tensor names, shapes, dtypes, saved settings) against the settings *before* allocating anything."""
+    entries, metadata = read_safetensors_header(weights_path, f"{where}: {WEIGHTS_NAME}")
+    layers = (settings.get("metanet") or {}).get("layers", 1)
+    if layers > len(entries):  # bounds the layout built below by the size of the weights' header
+        raise CorruptFileError(
+            f"{where}: {CONFIG_NAME} asks for a metanetwork of {layers} layers; {WEIGHTS_NAME} holds "
+            f"{len(entries)} tensors in all"
+        )
+    with torch.device("meta"):  # the layout the settings imply, without allocating it
+        layout = cls(**settings)
+    check_header_tensors(_layout(layout), entries, f"{where}: {WEIGHTS_NAME}",
+                         f"the editor described by its {CONFIG_NAME}")
+    _check_saved_settings(layout.settings, metadata, where)
+    editor = cls(**settings)
+    _load_strict(editor, weights_path, header_checked=True)
+    return editor
+
+
+def _layout(editor: Editor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    return {name: (tuple(t.shape), t.dtype) for name, t in editor.state_dict().items()}
+
+
+def _check_saved_settings(settings: dict, metadata: dict[str, str], where: str) -> None:
+    """Compare the settings recorded in the weights' metadata at save time with the config's (files saved
+    before they were recorded have none: their shapes were checked)."""
+    if SAVED_SETTINGS_KEY not in metadata:
+        return
+    try:
+        saved = json.loads(metadata[SAVED_SETTINGS_KEY])
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{where}: {WEIGHTS_NAME} metadata {SAVED_SETTINGS_KEY!r} is not JSON: {exc}") from exc
+    if not isinstance(saved, dict):
+        raise CorruptFileError(f"{where}: {WEIGHTS_NAME} metadata {SAVED_SETTINGS_KEY!r} is not a JSON object")
+    differ = [k for k in WEIGHT_BOUND_SETTINGS if k in saved and _canonical(settings[k]) != _canonical(saved[k])]
+    if differ:
+        detail = "; ".join(f"{k}: {CONFIG_NAME} says {settings[k]!r}, the weights were saved with {saved[k]!r}"
+                           for k in differ)
+        raise ConfigError(f"{where}: {CONFIG_NAME} does not belong to {WEIGHTS_NAME} ({detail})")
+
+
+def _load_strict(editor: Editor, path: Path, *, header_checked: bool = False) -> None:
+    """Load ``path`` into ``editor``: exactly its tensors, with its shapes and dtypes, all finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not header_checked:
+        entries, _ = read_safetensors_header(path)
+        check_header_tensors(_layout(editor), entries, str(path), "the editor described by its config.json")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CorruptFileError(f"{path} is not a valid safetensors file: {exc}") from exc
-    expected = editor.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CorruptFileError(
-            f"{path} does not match the editor described by its config.json: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
     for k, t in state.items():
-        if t.shape != expected[k].shape:
-            raise CorruptFileError(f"{path}: tensor {k!r} is {tuple(t.shape)}, config needs {tuple(expected[k].shape)}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CorruptFileError(f"{path}: tensor {k!r} holds NaN/Inf")
     editor.load_state_dict(state, strict=True)

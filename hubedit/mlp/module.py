@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,13 @@ from .config import LEAKY_RELU_SLOPE, MLPConfig
 
 FILE_FORMAT = "hubedit.mlp"
 FILE_FORMAT_VERSION = "1"
+# dtype names of the safetensors header format -> torch dtypes (those a hubedit file can hold)
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
 def activation_fn(name: str):
@@ -133,23 +141,24 @@ class MLP(nn.Module):
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, source: str = "<bytes>") -> "MLP":
-        tensors, meta = _read_safetensors(blob, source)
+        """Read a model written by :meth:`to_bytes`. The config in the header is checked against the tensor
+        names, shapes and dtypes the header lists *before* anything is built or read, so a small file whose
+        config claims a huge model is refused at once, without allocating it."""
+        entries, meta = read_safetensors_header(blob, source)
         if meta.get("format") != FILE_FORMAT or "config" not in meta:
             raise CorruptFileError(
                 f"{source} is a safetensors file but not a hubedit MLP: expected metadata format={FILE_FORMAT!r} "
                 f"and a 'config' entry, got keys {sorted(meta)}"
             )
-        model = cls(MLPConfig.from_json(meta["config"]))
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise CorruptFileError(f"{source}: tensors do not match its config: missing {missing}, unexpected {unexpected}")
-        for k, t in tensors.items():
-            if t.shape != expected[k].shape or t.dtype != expected[k].dtype:
-                raise CorruptFileError(
-                    f"{source}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, config needs "
-                    f"{tuple(expected[k].shape)} {expected[k].dtype}"
-                )
+        config = MLPConfig.from_json(meta["config"])
+        if config.depth + len(config.skips) > len(entries):  # bounds the layout computed below by the header's size
+            raise CorruptFileError(
+                f"{source}: its config ({config.depth} hidden layers, {len(config.skips)} skips) needs at least "
+                f"{2 * (config.depth + 1) + len(config.skips)} tensors, the file holds {len(entries)}"
+            )
+        check_header_tensors(state_layout(config), entries, source, "its config")
+        tensors = _load_safetensors(blob, source)
+        model = cls(config)  # as large as the file's own tensors: the header matched the config
         model.load_state_dict(tensors, strict=True)
         model.check_finite()
         model.metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
@@ -182,6 +191,24 @@ class MLP(nn.Module):
         return f"hidden={list(c.hidden)}, activation={c.activation}, norm={c.norm}, skips={[list(s) for s in c.skips]}"
 
 
+def state_layout(config: MLPConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor in the ``state_dict`` of ``MLP(config)``, in its order, computed
+    without building the module (what a file's header is checked against before anything is allocated)."""
+    w, real = config.widths, torch.get_default_dtype()
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for i in range(config.depth + 1):
+        layout[f"layers.{i}.weight"] = ((w[i + 1], w[i]), real)
+        layout[f"layers.{i}.bias"] = ((w[i + 1],), real)
+    norm_tensors = {"batchnorm": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
+                    "layernorm": ("weight", "bias"), "none": ()}[config.norm]
+    for i, h in enumerate(config.hidden):
+        for name in norm_tensors:
+            layout[f"norms.{i}.{name}"] = ((), torch.int64) if name == "num_batches_tracked" else ((h,), real)
+    for s, d in config.skips:
+        layout[f"skips.{skip_key(s, d)}.weight"] = ((w[d], w[s]), real)
+    return layout
+
+
 def canonical_safetensors(blob: bytes) -> bytes:
     """A safetensors blob with its ``__metadata__`` keys in sorted order.
 
@@ -199,16 +226,83 @@ def canonical_safetensors(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
-def _read_safetensors(blob: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Parse a safetensors blob; any damage becomes :class:`CorruptFileError` naming the source."""
-    if len(blob) < 8:
-        raise CorruptFileError(f"{source} is not a safetensors file: {len(blob)} bytes")
-    header_len = int.from_bytes(blob[:8], "little")
-    if header_len <= 0 or 8 + header_len > len(blob):
-        raise CorruptFileError(f"{source} is not a safetensors file (header length {header_len}, size {len(blob)})")
+def read_safetensors_header(
+    data: bytes | str | os.PathLike, source: str | None = None
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """The tensor entries (``{name: {"dtype", "shape", "data_offsets"}}``) and ``__metadata__`` of a
+    safetensors blob or file, from its header alone: no tensor is read or allocated. Any damage is a
+    :class:`CorruptFileError` naming ``source`` (default: the path, or ``<bytes>``)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        source = source or "<bytes>"
+        size, prefix = len(data), bytes(data[:8])
+    else:
+        source = source or str(data)
+        with open(data, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            prefix = fh.read(8)
+    if len(prefix) < 8:
+        raise CorruptFileError(f"{source} is not a safetensors file: {size} bytes")
+    header_len = int.from_bytes(prefix, "little")
+    if header_len <= 0 or header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise CorruptFileError(f"{source} is not a safetensors file (header length {header_len}, size {size})")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        text = bytes(data[8 : 8 + header_len])
+    else:
+        with open(data, "rb") as fh:
+            fh.seek(8)
+            text = fh.read(header_len)
     try:
-        header = json.loads(blob[8 : 8 + header_len])
-        tensors = st_load_bytes(blob)
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{source} is not a valid safetensors file: its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{source} is not a valid safetensors file: its header is a {type(header).__name__}")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CorruptFileError(f"{source} is not a valid safetensors file: __metadata__ must map strings to strings")
+    for name, entry in header.items():
+        entry_ok = (
+            isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+        )
+        if not entry_ok:
+            raise CorruptFileError(
+                f"{source} is not a valid safetensors file: tensor entry {name!r} is {entry!r}; "
+                "expected {'dtype': str, 'shape': [int, ...], 'data_offsets': [begin, end]}"
+            )
+    return header, dict(meta)
+
+
+def check_header_tensors(
+    expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]], entries: Mapping[str, dict], source: str,
+    described_by: str,
+) -> None:
+    """Compare the tensors a module needs (``expected``: name -> (shape, dtype), e.g. :func:`state_layout`)
+    with the entries of a safetensors header (:func:`read_safetensors_header`). The first difference is a
+    :class:`CorruptFileError` naming the tensor, what the file holds and what ``described_by`` needs."""
+    missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
+    if missing or unexpected:
+        more = lambda names: f"{names[:8]}{' and %d more' % (len(names) - 8) if len(names) > 8 else ''}"  # noqa: E731
+        raise CorruptFileError(
+            f"{source}: tensors do not match {described_by}: missing {more(missing)}, unexpected {more(unexpected)}"
+        )
+    for name, (shape, dtype) in expected.items():
+        entry = entries[name]
+        if tuple(entry["shape"]) != tuple(shape):
+            raise CorruptFileError(
+                f"{source}: tensor {name!r} is {tuple(entry['shape'])} in the file, {described_by} needs {tuple(shape)}"
+            )
+        found = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if found != dtype:
+            found_name = entry["dtype"] if found is None else str(found).removeprefix("torch.")
+            raise CorruptFileError(
+                f"{source}: tensor {name!r} is stored as {found_name}, expected {str(dtype).removeprefix('torch.')}"
+            )
+
+
+def _load_safetensors(blob: bytes, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors blob whose header was already checked; damage is a CorruptFileError."""
+    try:
+        return st_load_bytes(blob)
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{source} is not a valid safetensors file: {exc}") from exc
-    return tensors, dict(header.get("__metadata__") or {})

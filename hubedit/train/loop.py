@@ -33,7 +33,7 @@ from .sampling import sample_lambdas, sample_models, sample_points
 
 @dataclass
 class EditorTrainingConfig:
-    """Hyper-parameters of editor training (DESIGN.md reference values)."""
+    """Hyper-parameters of editor training (hubedit/DESIGN.md reference values)."""
 
     requirement: str
     variant: str | None = None
@@ -74,6 +74,43 @@ def _default_eval_lambdas(lam_range) -> tuple[float, ...]:
 
 def _objective(metric: torch.Tensor, jsd: torch.Tensor, lam: float, scale: float) -> float:
     return float(jsd.mean() + lam * (metric / scale).mean())
+
+
+RESUMABLE_CHANGES = ("steps",)  # what a resumed run may change: train for more (or as many) steps
+
+
+def _run_settings(cfg: EditorTrainingConfig, zoo, world: int) -> dict:
+    """What makes a run this run, as JSON: every training setting but the step count, the task, the zoo and the
+    number of processes (the per-step draw of zoo models depends on it). Recorded in each checkpoint."""
+    settings: dict[str, Any] = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    source = dict(zoo.source)
+    if "path" in source:
+        source["path"] = str(Path(source["path"]).resolve())  # the same folder, however it was spelled
+    settings.update(task=zoo.task_name, zoo=source, processes=world)
+    return json.loads(json.dumps(settings, default=str))  # JSON's view: tuples are lists
+
+
+def _check_same_run(ckpt_dir: Path, current: dict) -> None:
+    """Refuse to resume the run checkpointed in ``ckpt_dir`` with other settings: the output would carry the
+    new settings' labels over the old run's weights and validation front."""
+    try:
+        state = json.loads((ckpt_dir / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot resume: {ckpt_dir / 'state.json'} does not read as JSON ({exc})") from exc
+    recorded = state.get("run")
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"cannot resume from {ckpt_dir}: the checkpoint does not record its run's settings (an older hubedit "
+            "wrote it), so a resumed run could not be checked to be the same run; train afresh in a new --out folder"
+        )
+    differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if differ:
+        changes = "; ".join(f"{k}: {recorded.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ)
+        raise ConfigError(
+            f"--resume continues the run checkpointed in {ckpt_dir}, but these settings differ from it: {changes}. "
+            "Resume with the run's own settings (only the number of steps may change), or train afresh in a new "
+            "--out folder"
+        )
 
 
 def _save_checkpoint(folder: Path, editor: Editor, optimizer, state: dict) -> None:
@@ -153,6 +190,11 @@ def train_editor(
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
     rank, world = accelerator.process_index, accelerator.num_processes
+    run = _run_settings(cfg, zoo, world)
+    ckpt_dir = Path(out) / "checkpoint" if out is not None else None
+    resuming = bool(resume and ckpt_dir is not None and (ckpt_dir / "state.json").is_file())
+    if resuming:
+        _check_same_run(ckpt_dir, run)  # before anything is built or written
     torch.manual_seed(cfg.seed)
     task = zoo.task
     train_split = zoo["train"]
@@ -160,9 +202,10 @@ def train_editor(
     # the fraction is a fixed, seeded subset so that sample-efficiency runs are nested and reproducible
     order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     train_graphs = _graphs([train_split[i] for i in sorted(order[:n_train])])
-    val_graphs = _graphs(zoo["validation"])
-    if not val_graphs:
+    if not len(zoo["validation"]):
         raise ConfigError("the zoo has no validation models: model selection needs them")
+    # validation runs on the main process only; the others receive its result
+    val_graphs = _graphs(zoo["validation"]) if accelerator.is_main_process else []
     Xe, ye, se = task.split("editing")
     Xv, yv, sv = task.split("evaluation")
 
@@ -180,8 +223,7 @@ def train_editor(
     eval_lams = cfg.eval_lambdas or ((cfg.lam,) if cfg.lam is not None else _default_eval_lambdas(cfg.lam_range))
 
     start_step, best = 0, {"objective": math.inf, "step": -1, "front": []}
-    ckpt_dir = Path(out) / "checkpoint" if out is not None else None
-    if resume and ckpt_dir is not None and (ckpt_dir / "state.json").is_file():
+    if resuming:
         meta = _load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer)
         start_step, best = meta["step"], meta["best"]
     if out is not None and accelerator.is_main_process:
@@ -199,6 +241,15 @@ def train_editor(
         best_state = load_file(str(ckpt_dir / "best.safetensors"))
 
     def validate() -> tuple[float, list[dict]]:
+        """Score the editor on the validation models, on the main process; every process gets the result."""
+        result = [_validate() if accelerator.is_main_process else None]
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(result, from_process=0)  # the other processes wait here
+        return result[0]
+
+    def _validate() -> tuple[float, list[dict]]:
         net = accelerator.unwrap_model(model)
         net.eval()
         points, objective = [], 0.0
@@ -247,7 +298,8 @@ def train_editor(
                 if accelerator.is_main_process:
                     from safetensors.torch import save_file
 
-                    _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, {"step": step + 1, "best": best})
+                    _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer,
+                                     {"step": step + 1, "best": best, "run": run})
                     save_file({k: v.contiguous() for k, v in best_state.items()}, str(ckpt_dir / "best.safetensors"))
         history.append(record)
         if ckpt_dir is not None and accelerator.is_main_process:
