@@ -10,7 +10,8 @@ Stages (each skips what already exists under ``--work``):
    (``conditioned``) or both;
 3. the evaluation protocol (:func:`hubedit.evaluation.protocol.run_protocol`) for every setting: all
    baselines, points chosen on validation and reported on test, hypervolumes, dominance, timing;
-4. composition (A.7): DM editor then pruning editor vs FS & Retrain then magnitude pruning (Adult);
+4. matched comparisons per setting, and composition (A.7): DM editor then pruning editor vs FS & Retrain
+   then magnitude pruning (Adult);
 5. sample efficiency: pruning editors trained on 10/25/50/75/100 % of the Adult zoo.
 
 Writes ``RESULTS/REPORT.md`` (all tables, the exact command, the machine, timestamps) and the PNGs, plus one
@@ -20,6 +21,25 @@ report / JSON per setting. ``RESULTS`` defaults to ``results/<preset>`` (``resul
     python scripts/reproduce.py --preset tiny --quick          # smoke run, a few minutes on 2 cores
     python scripts/reproduce.py --preset small --threads 1     # the reference results (hours)
     python scripts/reproduce.py --preset small --editors both --skip sample-efficiency
+
+Several processes (``torch.distributed``, gloo on CPU). Under a launcher every stage is shared out: the zoo
+build (``build_zoo``), the editors (each trained alone, one process per editor, in a child process), the
+protocol's units (an editor run on a batch of models, a baseline on one model), the matched comparisons and
+the composition. Rank 0 alone writes caches and reports. Every number equals the one-process run's with the
+same torch threads per process (launchers set one; compare with ``--threads 1``); resumed runs reuse the
+same caches either way. ``--settings`` now only chooses a subset.
+
+    torchrun --nproc_per_node 2 scripts/reproduce.py --preset small              # both cores of this machine
+    accelerate launch --multi_gpu --num_processes 2 --main_process_port 29511 \\
+        scripts/reproduce.py --preset small                                      # the same through accelerate
+    accelerate launch --multi_gpu --num_machines 2 --num_processes 8 --machine_rank R \\
+        --main_process_ip HOST0 --main_process_port 29511 scripts/reproduce.py --preset paper --work /shared/run
+                                                                                 # two machines, 4 processes each
+    python scripts/reproduce.py --preset small --threads 1 --workers 2         # protocol only, 2 local processes
+
+(``accelerate launch --cpu --num_processes N`` starts a single process unless MPI is set up; ``--multi_gpu``
+runs torchrun, which on a machine without GPUs is gloo on CPU.) Over several machines ``--work`` must be on a
+filesystem they all share. ``--workers N`` (no launcher) runs only the protocol in N local processes.
 """
 
 from __future__ import annotations
@@ -29,8 +49,10 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
@@ -81,8 +103,8 @@ PLANS = {
         composition=dict(dm_lambdas=2, prune_lambdas=2, fs_retrain_epochs=20, max_models=None),
         sample_efficiency=dict(fractions=(0.1, 0.25, 0.5, 0.75, 1.0), lambdas=(0.01, 0.1), steps=300),
     ),
-    # Sized for a 2-core CPU machine in about two hours of compute (run two invocations with disjoint --settings in
-    # parallel to fill the cache, then one for the report): smaller editors trained for fewer steps than the
+    # Sized for a 2-core CPU machine in about two hours of compute (launch two processes: torchrun --nproc_per_node 2
+    # scripts/reproduce.py --preset small): smaller editors trained for fewer steps than the
     # paper's, four lambdas per requirement, 24 validation / 24 test models per setting, FS & Retrain at the
     # paper's 100 epochs on four feature counts.
     "small": Plan(
@@ -127,13 +149,21 @@ def quick_plan(plan: Plan) -> Plan:
 # helpers
 # ======================================================================================================
 class Log:
-    def __init__(self, progress: bool):
+    """Messages and stage times; printed by rank 0 only (``main``), other ranks' own work through :meth:`mine`."""
+
+    def __init__(self, progress: bool, main: bool = True):
         self.t0 = time.perf_counter()
         self.progress = progress
+        self.main = main
         self.stages: list[tuple[str, float]] = []
         self._stage: tuple[str, float] | None = None
 
     def __call__(self, msg: str) -> None:
+        if self.main:
+            self.mine(msg)
+
+    def mine(self, msg: str) -> None:
+        """Printed by whichever process did the work (several processes: rank 1's own training ...)."""
         print(f"[{time.perf_counter() - self.t0:8.1f}s] {msg}", flush=True)
 
     def stage(self, name: str) -> None:
@@ -153,53 +183,53 @@ def fmt_lam(lam: float) -> str:
 
 
 def load_or_build_zoo(task: str, plan: Plan, work: Path, seed: int, progress: bool, log: Log):
+    from hubedit import distributed
     from hubedit.zoo import Zoo
     from hubedit.zoo.build import build_zoo
 
     tag = plan.zoo_preset + (f"-c{plan.n_configs}" if plan.n_configs else "") + (f"-e{plan.zoo_epochs}" if plan.zoo_epochs else "")
     out = work / "zoos" / f"{task}-{tag}"
-    if (out / "zoo.json").is_file():
+    if distributed.broadcast((out / "zoo.json").is_file()):  # rank 0 decides for every process
         zoo = Zoo.load(out)
         log(f"zoo {task}: loaded {out} ({zoo})")
         return zoo
     log(f"zoo {task}: building preset {plan.zoo_preset} into {out}")
     t = time.perf_counter()
-    build_zoo(task, plan.zoo_preset, out, seed=seed, progress=progress, n_configs=plan.n_configs, epochs=plan.zoo_epochs)
+    # every process takes part (under a launcher build_zoo shares the groups out; rank 0 saves the zoo)
+    build_zoo(task, plan.zoo_preset, out, seed=seed, progress=progress and log.main, n_configs=plan.n_configs,
+              epochs=plan.zoo_epochs)
+    distributed.barrier()
     zoo = Zoo.load(out)
     log(f"zoo {task}: built in {time.perf_counter() - t:.1f} s ({zoo})")
     return zoo
 
 
-def load_or_train_editor(zoo, requirement: str, variant: str, folder: Path, *, lam=None, lam_range=None,
-                         train: dict, progress: bool, log: Log):
-    from hubedit.evaluation.experiments import load_or_train_editor as load_or_train
+def load_or_train_editors(zoo, jobs: list, args, log: Log) -> list:
+    """Editors of ``jobs`` (:class:`hubedit.evaluation.experiments.EditorJob`): loaded, or trained (under a launcher
+    each process trains its share, one editor at a time, as one process would)."""
+    from hubedit.evaluation.experiments import load_or_train_editors as load_or_train
 
-    done = (folder / "model.safetensors").is_file()
-    t = time.perf_counter()
     try:
-        ed = load_or_train(zoo, requirement, folder, variant=variant, lam=lam, lam_range=lam_range, progress=progress, **train)
+        return load_or_train(zoo, jobs, progress=args.progress and log.main, log=lambda m: log.mine(f"  {m}"))
     except ValueError as exc:
         raise SystemExit(f"reproduce: {exc}") from None
-    if not done or time.perf_counter() - t > 5:
-        what = f"lam={lam:g}" if lam is not None else f"lam_range={list(lam_range)}"
-        log(f"  trained {requirement}/{variant} {what} in {time.perf_counter() - t:.1f} s -> {folder}")
-    return ed
 
 
 def setting_editors(setting: str, zoo, requirement: str, plan: Plan, args, work: Path, log: Log) -> list:
+    from hubedit.evaluation.experiments import EditorJob
+
     variants = SETTING_VARIANTS[requirement] if args.variants == "all" else (MAIN_VARIANT[requirement],)
-    eds = []
+    jobs = []
     for variant in variants:
         base = work / "editors" / setting / variant
         if args.editors in ("per-lambda", "both"):
             for lam in plan.lambdas[requirement]:
-                eds.append(load_or_train_editor(zoo, requirement, variant, base / f"lam-{fmt_lam(lam)}", lam=lam,
-                                                train=plan.train, progress=args.progress, log=log))
+                jobs.append(EditorJob(requirement, base / f"lam-{fmt_lam(lam)}", variant, lam=lam, train=dict(plan.train)))
         if args.editors in ("conditioned", "both"):
             lo, hi = plan.lam_ranges[requirement]
-            eds.append(load_or_train_editor(zoo, requirement, variant, base / f"cond-{fmt_lam(lo)}-{fmt_lam(hi)}",
-                                            lam_range=(lo, hi), train=plan.train, progress=args.progress, log=log))
-    return eds
+            jobs.append(EditorJob(requirement, base / f"cond-{fmt_lam(lo)}-{fmt_lam(hi)}", variant, lam_range=(lo, hi),
+                                  train=dict(plan.train)))
+    return load_or_train_editors(zoo, jobs, args, log)
 
 
 def _editors_key(editors) -> list[str]:
@@ -220,7 +250,13 @@ def _cache_key(cfg, editors, baselines) -> dict:
 
 def read_cache(cache: Path, key, key_of, args, log: Log, who: str, what: str) -> dict | None:
     """The cached result dict in ``cache`` if ``key_of(dict)`` equals ``key`` (and not ``--force-eval``); a damaged
-    or stale cache gives None (recompute)."""
+    or stale cache gives None (recompute). Read by rank 0, whose answer every process gets."""
+    from hubedit import distributed
+
+    return distributed.broadcast(_read_cache(cache, key, key_of, args, log, who, what) if log.main else None)
+
+
+def _read_cache(cache: Path, key, key_of, args, log: Log, who: str, what: str) -> dict | None:
     if not cache.is_file() or args.force_eval:
         return None
     try:
@@ -234,8 +270,50 @@ def read_cache(cache: Path, key, key_of, args, log: Log, who: str, what: str) ->
 
 
 def write_cache(cache: Path, d: dict) -> None:
+    """Write ``d`` to ``cache`` (rank 0 only; other processes return)."""
+    from hubedit import distributed
+
+    if not distributed.is_main_process():
+        return
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(d, indent=2, default=str))
+
+
+@dataclass
+class CachedJob:
+    """A cached computation done by one process: ``compute()`` gives the dict to cache (its key inside, where
+    ``key_of`` finds it), ``load(dict)`` the result."""
+
+    who: str
+    what: str
+    cache: Path
+    key: dict
+    key_of: Callable[[dict], Any]
+    compute: Callable[[], dict]
+    load: Callable[[dict], Any]
+
+
+def run_cached_jobs(jobs: list[CachedJob], args, log: Log) -> list:
+    """Every job's result: from its cache, else computed. Under a launcher the jobs to compute are shared out over
+    the processes (one process per job, as alone) and their dicts gathered; rank 0 writes the caches. A computed
+    dict is used as read back from its cache (a JSON round trip), so a resumed run sees the same values."""
+    from hubedit import distributed
+
+    rank, size = distributed.world()
+    dicts = [read_cache(j.cache, j.key, j.key_of, args, log, j.who, j.what) for j in jobs]
+    todo = [k for k, d in enumerate(dicts) if d is None]
+    computed = []
+    for i in distributed.share(len(todo), rank, size):
+        j, t = jobs[todo[i]], time.perf_counter()
+        computed.append([todo[i], json.loads(json.dumps(j.compute(), default=str))])
+        log.mine(f"  {j.who}: {j.what} in {time.perf_counter() - t:.1f} s"
+                 + (f" (process {rank} of {size})" if size > 1 else ""))
+    for part in distributed.all_gather(computed):
+        for k, d in part:
+            dicts[k] = d
+    for k in todo:
+        write_cache(jobs[k].cache, dicts[k])
+    return [j.load(d) for j, d in zip(jobs, dicts)]
 
 
 def _info_key(d: dict):
@@ -261,7 +339,7 @@ def run_setting(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
     return res
 
 
-def run_matched(setting: str, zoo, editors, plan: Plan, args, work: Path, log: Log):
+def matched_job(setting: str, zoo, editors, plan: Plan, args, work: Path) -> CachedJob:
     """Editors against magnitude pruning / FS at the editor's own per-model level (cached like evaluations)."""
     from hubedit.evaluation.matched import MatchedResult, matched_comparison
     from hubedit.evaluation.protocol import SETTINGS, default_lambda_grid
@@ -271,15 +349,10 @@ def run_matched(setting: str, zoo, editors, plan: Plan, args, work: Path, log: L
     options = {"max_models": plan.protocol.get("max_models"), "seed": args.seed, "lambda_grid": list(grid),
                "pfi_repeats": plan.protocol.get("pfi_repeats", 5)}
     key = {"options": options, "editors": _editors_key(editors)}
-    cache = work / "eval" / f"{setting}-matched.json"
-    d = read_cache(cache, key, lambda d: d.get("cache_key"), args, log, setting, "matched comparison")
-    if d is not None:
-        return MatchedResult.from_dict(d)
-    t = time.perf_counter()
-    res = matched_comparison(zoo, editors, requirement, **options)
-    write_cache(cache, {**res.to_dict(), "cache_key": key})
-    log(f"  {setting}: matched comparison in {time.perf_counter() - t:.1f} s")
-    return res
+    return CachedJob(setting, "matched comparison", work / "eval" / f"{setting}-matched.json", key,
+                     lambda d: d.get("cache_key"),
+                     lambda: {**matched_comparison(zoo, editors, requirement, **options).to_dict(), "cache_key": key},
+                     MatchedResult.from_dict)
 
 
 # ======================================================================================================
@@ -529,14 +602,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-lambda editors (the paper), one lambda-conditioned editor per variant, or both")
     p.add_argument("--variants", choices=("all", "main"), default="all",
                    help="all variants (GMN + FS (GMN), Prune & Edit + Prune) or only the main one per requirement")
-    p.add_argument("--settings", default=None, help="comma-separated subset of dm-adult,dm-bank,fairness-adult,prune-adult,prune-bank")
+    p.add_argument("--settings", default=None,
+                   help="comma-separated subset of dm-adult,dm-bank,fairness-adult,prune-adult,prune-bank (to use several "
+                        "cores, launch with torchrun / accelerate launch instead of splitting settings by hand)")
     p.add_argument("--skip", default="", help="comma-separated: composition, sample-efficiency, matched")
     p.add_argument("--steps", type=int, default=None, help="override editor training steps")
     p.add_argument("--max-models", type=int, default=None, help="override: at most N validation / test models per setting")
     p.add_argument("--fs-retrain-epochs", type=int, default=None, help="override FS & Retrain epochs (paper: 100)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes for the baselines (one thread each; results identical to 1; timing unaffected)")
+                   help="local processes for the evaluation protocol (editors and baselines; each with --threads "
+                        "threads; results identical to 1; timing in the main process). Not under a launcher, which "
+                        "shares every stage: torchrun --nproc_per_node N scripts/reproduce.py ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force-eval", action="store_true", help="recompute evaluations even when cached")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -549,8 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*RejectOption.*")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hubedit import distributed
     from hubedit.evaluation.experiments import run_composition, run_sample_efficiency, train_fraction_editors
     from hubedit.evaluation.protocol import SETTINGS
+
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and distributed.launched_world_size() > 1:
+        p.error(f"--workers {args.workers} under a launcher of {distributed.launched_world_size()} processes: the "
+                "launched processes already share the work; drop --workers")
+    rank, size = distributed.world()  # under a launcher: joins its world before anything else
 
     plan = PLANS[args.preset]
     if args.quick:
@@ -568,15 +653,24 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.preset + ("-quick" if args.quick else "")
     work = Path(args.work or Path("runs") / "reproduce" / tag)
     results_dir = Path(args.results or Path("results") / tag)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        results_dir.mkdir(parents=True, exist_ok=True)
     settings = [s.strip() for s in args.settings.split(",")] if args.settings else list(SETTINGS)
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         p.error(f"unknown settings {sorted(unknown)}; known: {', '.join(SETTINGS)}")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    log = Log(args.progress)
-    log(f"reproduce: preset {args.preset}{' (quick)' if args.quick else ''}; work {work}; results {results_dir}")
+    log = Log(args.progress, main=rank == 0)
+    log(f"reproduce: preset {args.preset}{' (quick)' if args.quick else ''}; work {work}; results {results_dir}"
+        + (f"; {size} processes" if size > 1 else ""))
+
+    def report(composition=None, sample_eff=None) -> None:
+        """REPORT.md with what there is so far (rank 0)."""
+        if rank == 0:
+            write_report(results_dir / "REPORT.md", args=args, plan=plan, argv=argv, started=started, log=log,
+                         zoos=zoos, results=results, composition=composition, sample_eff=sample_eff,
+                         editors=editors_by_setting, matched=matched)
 
     log.stage("zoos")
     tasks = sorted({SETTINGS[s][0] for s in settings} | ({"adult"} if not {"composition", "sample-efficiency"} <= skip else set()))
@@ -589,19 +683,17 @@ def main(argv: list[str] | None = None) -> int:
         editors_by_setting[s] = setting_editors(s, zoos[task], req, plan, args, work, log)
         log.stage(f"evaluation {s}")
         results[s] = run_setting(s, zoos[task], editors_by_setting[s], plan, args, work, log)
-        results[s].save(results_dir, prefix=f"{s}-")
-        if req in ("prune", "minimise") and "matched" not in skip:
-            log.stage(f"matched comparison {s}")
-            matched[s] = run_matched(s, zoos[task], editors_by_setting[s], plan, args, work, log)
+        if rank == 0:
+            results[s].save(results_dir, prefix=f"{s}-")
         # REPORT.md after every setting, so an interrupted run still leaves what it has
         log.end_stage()
-        write_report(results_dir / "REPORT.md", args=args, plan=plan, argv=argv, started=started, log=log, zoos=zoos,
-                     results=results, composition=None, sample_eff=None,
-                     editors=editors_by_setting, matched=matched)
+        report()
 
-    composition = None
+    # matched comparisons (per setting) and the composition: one cached job each, shared out over the processes
+    jobs = [matched_job(s, zoos[SETTINGS[s][0]], editors_by_setting[s], plan, args, work) for s in settings
+            if SETTINGS[s][1] in ("prune", "minimise") and "matched" not in skip]
     if "composition" not in skip:
-        log.stage("composition")
+        log.stage("composition editors")
         c = plan.composition
         dm_eds = editors_by_setting.get("dm-adult") or setting_editors("dm-adult", zoos["adult"], "minimise", plan, args, work, log)
         pr_eds = editors_by_setting.get("prune-adult") or setting_editors("prune-adult", zoos["adult"], "prune", plan, args, work, log)
@@ -628,16 +720,26 @@ def main(argv: list[str] | None = None) -> int:
                        prune_baseline="magnitude", prune_keeps=tuple(c.get("prune_keeps", (0.7, 0.5, 0.3, 0.2, 0.1, 0.05))),
                        fs_retrain_epochs=c.get("fs_retrain_epochs", 100), max_models=c.get("max_models"), seed=args.seed)
         key = {"options": options, "editors": _editors_key(dm_sel + pr_sel)}
-        cache = work / "eval" / "composition.json"
-        d = read_cache(cache, key, _info_key, args, log, "composition", "evaluation")
-        if d is not None:
-            composition = CompositionResult.from_dict(d)
-        else:
-            composition = run_composition(zoos["adult"], dm_sel, pr_sel, progress=args.progress, **options)
-            composition.info["cache_key"] = key
-            write_cache(cache, composition.to_dict())
-        composition.save(results_dir)
-        log(f"  composition: {len(composition.rows)} points, checks {composition.checks()}")
+
+        def compose() -> dict:
+            res = run_composition(zoos["adult"], dm_sel, pr_sel, progress=args.progress and size == 1, **options)
+            res.info["cache_key"] = key
+            return res.to_dict()
+
+        jobs.append(CachedJob("composition", "evaluation", work / "eval" / "composition.json", key, _info_key, compose,
+                              CompositionResult.from_dict))
+    composition = None
+    if jobs:
+        log.stage("matched comparisons and composition" if "composition" not in skip else "matched comparisons")
+        done = run_cached_jobs(jobs, args, log)
+        matched = {j.who: r for j, r in zip(jobs, done) if j.who != "composition"}
+        if "composition" not in skip:
+            composition = done[-1]
+            if rank == 0:
+                composition.save(results_dir)
+            log(f"  composition: {len(composition.rows)} points, checks {composition.checks()}")
+        log.end_stage()
+        report(composition)
 
     sample_eff = None
     if "sample-efficiency" not in skip:
@@ -646,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         train = {**plan.train, "steps": se.get("steps", plan.train["steps"])}
         by_frac = train_fraction_editors(zoos["adult"], fractions=se["fractions"], lambdas=se["lambdas"],
                                          requirement="prune", variant="prune-edit",
-                                         out=work / "editors" / "sample-efficiency", progress=args.progress, **train)
+                                         out=work / "editors" / "sample-efficiency", progress=args.progress and log.main,
+                                         **train)
         editors_by_setting["sample-efficiency"] = [e for eds in by_frac.values() for e in eds]
         log.stage("sample efficiency (evaluation)")
         from hubedit.evaluation.protocol import ProtocolConfig
@@ -654,13 +757,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ProtocolConfig.from_dict({**plan.protocol, "seed": args.seed})
         base = results.get("prune-adult")
         sample_eff = run_sample_efficiency(zoos["adult"], by_frac, baseline_result=base, config=cfg, progress=args.progress)
-        sample_eff.save(results_dir)
+        if rank == 0:
+            sample_eff.save(results_dir)
         log("  sample efficiency: " + ", ".join(f"{n} HV {sample_eff.protocol.hypervolume(n):.4f}" for n in sample_eff.fractions))
 
     log.end_stage()
-    write_report(results_dir / "REPORT.md", args=args, plan=plan, argv=argv, started=started, log=log, zoos=zoos,
-                 results=results, composition=composition, sample_eff=sample_eff,
-                 editors=editors_by_setting, matched=matched)
+    report(composition, sample_eff)
     log(f"wrote {results_dir / 'REPORT.md'}")
     return 0
 

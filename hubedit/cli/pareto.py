@@ -33,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run the evaluation protocol: every method at every strength on the zoo's validation models "
             "(task evaluation split) and test models (task test split); points chosen on validation, reported on "
             "test; hypervolume with reference point (1, ln 2); seconds per model for every method in the same run. "
-            "Writes OUT/report.md, OUT/results.json and OUT/pareto.png."
+            "Writes OUT/report.md, OUT/results.json and OUT/pareto.png. "
+            "Several processes: --workers N on this machine, or under a launcher, e.g. "
+            "`torchrun --nproc_per_node N -m hubedit pareto ...` or `accelerate launch --multi_gpu --num_processes N "
+            "[--num_machines M --machine_rank R --main_process_ip IP] --main_process_port PORT -m hubedit pareto ...` "
+            "(gloo on CPU; every machine needs the zoo and editors); the work is shared out and the numbers are those "
+            "of one process with the same threads per process; rank 0 alone times the methods and writes OUT."
         ),
     )
     p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset repo id")
@@ -62,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes for the baselines (one thread each; same results as 1). Timing stays in this process")
+                   help="processes on this machine for editors and baselines (each with --threads torch threads: use "
+                        "--threads 1; same results as 1). Timing stays in this process. Not under a launcher")
     p.add_argument("--out", default="pareto", help="output folder (default: ./pareto)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_pareto)
@@ -71,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pareto(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import distributed
     from ..editor import Editor
     from ..errors import ConfigError
     from ..evaluation.protocol import ProtocolConfig, run_protocol
@@ -101,6 +108,8 @@ def _pareto(args: argparse.Namespace) -> int:
                               progress=not args.no_progress)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if not distributed.is_main_process():  # launched: rank 0 alone writes and prints
+        return 0
     paths = result.save(args.out)
     print(f"{result.title}: {result.info['n_val_models']} validation / {result.info['n_test_models']} test models, "
           f"{result.info['seconds']:.1f} s")

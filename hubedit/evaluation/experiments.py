@@ -45,6 +45,8 @@ __all__ = [
     "run_composition",
     "FRACTIONS",
     "load_or_train_editor",
+    "EditorJob",
+    "load_or_train_editors",
     "train_fraction_editors",
     "SampleEfficiencyResult",
     "run_sample_efficiency",
@@ -317,6 +319,32 @@ def _fraction_label(f: float) -> str:
     return f"GMN {f * 100:g}%"
 
 
+def _saved_editor(requirement: str, folder: Path, *, variant: str | None, lam: float | None,
+                  lam_range: Sequence[float] | None, train_kwargs: Mapping[str, Any]):
+    """The editor in ``folder`` if it was trained with these settings; None when there is none or it was trained
+    for fewer ``steps`` (to be trained on); ``ValueError`` when it was trained with other settings."""
+    from ..editor import Editor
+
+    if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+        return None
+    ed = Editor.from_pretrained(folder)
+    have = ed.settings.get("training", {})
+    wanted = {**train_kwargs, "lam": lam, "lam_range": None if lam_range is None else [float(v) for v in lam_range]}
+    diff = {k: (have.get(k), v) for k, v in wanted.items() if k in have and have.get(k) != v}
+    if ed.settings["requirement"] != requirement:
+        diff["requirement"] = (ed.settings["requirement"], requirement)
+    if variant is not None and ed.settings["variant"] != variant:
+        diff["variant"] = (ed.settings["variant"], variant)
+    if not diff:
+        return ed
+    if set(diff) != {"steps"} or diff["steps"][1] < diff["steps"][0]:
+        raise ValueError(
+            f"{folder} holds an editor trained with other settings ("
+            + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()) + "); use another folder or delete it"
+        )
+    return None
+
+
 def load_or_train_editor(zoo, requirement: str, folder: str | os.PathLike | None, *, variant: str | None = None,
                          lam: float | None = None, lam_range: Sequence[float] | None = None, progress: bool = True,
                          **train_kwargs: Any):
@@ -328,26 +356,116 @@ def load_or_train_editor(zoo, requirement: str, folder: str | os.PathLike | None
 
     if folder is not None:
         folder = Path(folder)
-        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-            ed = Editor.from_pretrained(folder)
-            have = ed.settings.get("training", {})
-            wanted = {**train_kwargs, "lam": lam, "lam_range": None if lam_range is None else [float(v) for v in lam_range]}
-            diff = {k: (have.get(k), v) for k, v in wanted.items() if k in have and have.get(k) != v}
-            if ed.settings["requirement"] != requirement:
-                diff["requirement"] = (ed.settings["requirement"], requirement)
-            if variant is not None and ed.settings["variant"] != variant:
-                diff["variant"] = (ed.settings["variant"], variant)
-            if not diff:
-                return ed
-            if set(diff) != {"steps"} or diff["steps"][1] < diff["steps"][0]:
-                raise ValueError(
-                    f"{folder} holds an editor trained with other settings ("
-                    + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()) + "); use another folder or delete it"
-                )
+        ed = _saved_editor(requirement, folder, variant=variant, lam=lam, lam_range=lam_range, train_kwargs=train_kwargs)
+        if ed is not None:
+            return ed
     ed = train_editor(zoo, requirement, variant=variant, lam=lam, lam_range=lam_range, out=folder,
                       resume=folder is not None, progress=progress, **train_kwargs)
     # reloaded, so that the editor records where it lives (reports, cache keys)
     return Editor.from_pretrained(folder) if folder is not None else ed
+
+
+@dataclass
+class EditorJob:
+    """One editor for :func:`load_or_train_editors`: the arguments of :func:`load_or_train_editor` (``train``:
+    its training keyword arguments, JSON data)."""
+
+    requirement: str
+    folder: str | os.PathLike
+    variant: str | None = None
+    lam: float | None = None
+    lam_range: Sequence[float] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def load_or_train_editors(zoo, jobs: Sequence[EditorJob], *, progress: bool = True, log=None) -> list:
+    """:func:`load_or_train_editor` for every job, in order.
+
+    Under a launched world (``torchrun`` / ``accelerate launch``, :func:`hubedit.distributed.world`), the jobs are
+    shared out over the processes; a process trains each of its editors that needs training *alone*, in a child
+    process outside the world (one-process training with this process's torch threads: the editor of a
+    one-process run), then every process loads every editor. ``zoo`` must be saved (a folder or a Hub repo) for
+    the children to open it. ``log(message)`` is told of each editor this process trained.
+    """
+    from .. import distributed
+    from ..editor import Editor
+
+    jobs = list(jobs)
+    rank, size = distributed.world()
+    if size == 1:
+        out = []
+        for j in jobs:
+            done = (Path(j.folder) / "model.safetensors").is_file()
+            t = time.perf_counter()
+            out.append(load_or_train_editor(zoo, j.requirement, j.folder, variant=j.variant, lam=j.lam,
+                                            lam_range=j.lam_range, progress=progress, **j.train))
+            if log is not None and (not done or time.perf_counter() - t > 5):
+                log(f"trained {_job_label(j)} in {time.perf_counter() - t:.1f} s -> {j.folder}")
+        return out
+    folders = list(dict.fromkeys(str(j.folder) for j in jobs))  # a folder listed twice is trained once
+    first = {str(j.folder): j for j in reversed(jobs)}
+    failures = []
+    for k in distributed.share(len(folders), rank, size):
+        j = first[folders[k]]
+        try:
+            if _saved_editor(j.requirement, Path(j.folder), variant=j.variant, lam=j.lam, lam_range=j.lam_range,
+                             train_kwargs=j.train) is None:
+                t = time.perf_counter()
+                _train_alone(zoo, j)
+                if log is not None:
+                    log(f"trained {_job_label(j)} in {time.perf_counter() - t:.1f} s -> {j.folder} "
+                        f"(process {rank} of {size})")
+        except Exception as exc:  # every process raises, below, instead of leaving the others waiting
+            failures.append(f"{j.folder}: {exc}")
+    failures = [f for part in distributed.all_gather(failures) for f in part]
+    if failures:
+        raise ValueError("editors could not be loaded or trained: " + "; ".join(failures))
+    return [Editor.from_pretrained(j.folder) for j in jobs]
+
+
+def _job_label(job: EditorJob) -> str:
+    what = f"lam={job.lam:g}" if job.lam is not None else f"lam_range={[float(v) for v in job.lam_range or ()]}"
+    return f"{job.requirement}/{job.variant or 'default'} {what}"
+
+
+def _train_alone(zoo, job: EditorJob) -> None:
+    """Train ``job``'s editor in a child Python process outside any launched world (same torch threads)."""
+    import json
+    import subprocess
+    import sys
+
+    from .. import distributed
+
+    source = dict(zoo.source)
+    if "path" not in source and "repo_id" not in source:
+        raise ValueError("training editors in several processes needs a saved zoo (a folder or a Hub repo); "
+                         f"this zoo has source {source or 'none'}")
+    spec = {"zoo": source, "threads": torch.get_num_threads(), "requirement": job.requirement,
+            "folder": str(job.folder), "variant": job.variant, "lam": job.lam,
+            "lam_range": None if job.lam_range is None else [float(v) for v in job.lam_range], "train": dict(job.train)}
+    env = distributed.single_process_env()
+    root = str(Path(__file__).resolve().parents[2])  # the checkout or site-packages holding hubedit
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", "from hubedit.evaluation.experiments import _train_alone_main; "
+                           "_train_alone_main()"], input=json.dumps(spec), env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-3:] or ["no output"]
+        raise RuntimeError(f"training in a child process failed (exit code {proc.returncode}): " + " | ".join(tail))
+
+
+def _train_alone_main() -> None:
+    """Entry of :func:`_train_alone`'s child: the job as JSON on stdin."""
+    import json
+    import sys
+
+    from ..zoo import Zoo
+
+    spec = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(spec["threads"]))
+    src = spec["zoo"]
+    zoo = Zoo.load(src["path"]) if "path" in src else Zoo.from_hub(src["repo_id"], revision=src.get("revision"))
+    load_or_train_editor(zoo, spec["requirement"], spec["folder"], variant=spec["variant"], lam=spec["lam"],
+                         lam_range=spec["lam_range"], progress=False, **spec["train"])
 
 
 def train_fraction_editors(
@@ -363,15 +481,18 @@ def train_fraction_editors(
 ) -> dict[float, list]:
     """Train one editor per (zoo fraction, lambda) with :func:`hubedit.train.train_editor` (``zoo_fraction``),
     every other hyper-parameter fixed. With ``out``, editors go to ``out/frac-<f>/lam-<lambda>`` and existing
-    ones trained with the same settings are loaded instead of retrained (:func:`load_or_train_editor`)."""
+    ones trained with the same settings are loaded instead of retrained (:func:`load_or_train_editors`; under a
+    launcher the editors are shared out over the processes)."""
+    if out is not None:  # shared out over the processes of a launched world (load_or_train_editors)
+        jobs = [EditorJob(requirement, Path(out) / f"frac-{f:g}" / f"lam-{lam:g}", variant, float(lam), None,
+                          {**train_kwargs, "zoo_fraction": float(f)}) for f in fractions for lam in lambdas]
+        eds = iter(load_or_train_editors(zoo, jobs, progress=progress))
+        return {float(f): [next(eds) for _ in lambdas] for f in fractions}
     result: dict[float, list] = {}
     for f in fractions:
-        eds = []
-        for lam in lambdas:
-            folder = None if out is None else Path(out) / f"frac-{f:g}" / f"lam-{lam:g}"
-            eds.append(load_or_train_editor(zoo, requirement, folder, variant=variant, lam=float(lam), progress=progress,
-                                            zoo_fraction=float(f), **train_kwargs))
-        result[float(f)] = eds
+        result[float(f)] = [load_or_train_editor(zoo, requirement, None, variant=variant, lam=float(lam),
+                                                 progress=progress, zoo_fraction=float(f), **train_kwargs)
+                            for lam in lambdas]
     return result
 
 

@@ -25,6 +25,12 @@ Baselines that need data (PFI, gradients, retraining, fitting a post-processor) 
 split, never the data they are evaluated on. Timing (paper Table 1): seconds per model for every method,
 measured in the same run on the same models (:mod:`hubedit.metrics.timing`).
 
+Processes: the work is a list of independent units (an editor run on a batch of models, a baseline at
+every strength on one model), shared out over the processes of a ``torch.distributed`` world -- launched
+(``torchrun --nproc_per_node N``, ``accelerate launch --multi_gpu --num_processes N [--num_machines M ...]``)
+or started locally with ``workers=N`` -- and gathered in order, so the numbers are those of one process
+(:mod:`hubedit.distributed`).
+
 Entry point: :func:`run_protocol` -> :class:`ProtocolResult` (``report_markdown()``, ``plot()``,
 ``save()`` writing ``report.md``, ``results.json`` and ``pareto.png``).
 """
@@ -116,15 +122,18 @@ _SETTING_TITLES = {"minimise": "Data minimisation", "fairness": "Fairness (equal
 # ==================================================================================================
 @dataclass
 class ProtocolConfig:
-    """Options of :func:`run_protocol` (every field has the paper's / DESIGN.md's default).
+    """Options of :func:`run_protocol` (every field has the paper's / hubedit/DESIGN.md's default).
 
     ``max_models`` caps the number of validation and of test models (a seeded subset, for quick runs).
     ``dm_n_keep`` (FS) and ``fs_retrain_n_keep`` (FS & Retrain) default to all of ``1..F-1`` and to six
     geometrically spaced values of it (retraining is the expensive baseline). ``fs_retrain_epochs`` is 100 as
     in the paper (A.4.1); smaller for quick runs. ``lambda_grid`` is used for lambda-conditioned editors
     (default: :func:`default_lambda_grid` of the editor's range). ``timing_models`` models are timed per
-    method (0: no timing). ``workers`` > 1 evaluates the baselines in that many processes (one thread each;
-    results are identical to ``workers=1``); timing always runs in the calling process.
+    method (0: no timing). ``workers`` > 1 evaluates editors and baselines in that many local processes (this
+    one and helpers with as many torch threads as this one -- set 1 thread to use one core per process -- in a
+    ``torch.distributed`` gloo group; results are identical to ``workers=1``); timing always runs in the calling
+    process. Under a launcher (``torchrun``, ``accelerate launch``) keep ``workers=1``: the launched processes
+    share the work.
     """
 
     prune_keeps: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)
@@ -421,10 +430,11 @@ class ProtocolResult:
             )
         if "seconds" in i:
             mach = i.get("machine", {})
+            processes = i.get("processes", i.get("config", {}).get("workers", 1))
             lines.append(
                 f"Evaluated in {i['seconds']:.1f} s, finished {i.get('finished', '?')}, on {mach.get('cpu_count', '?')} CPUs "
                 f"(torch {mach.get('torch', '?')}, {mach.get('torch_threads', '?')} threads, CUDA: {mach.get('cuda') or 'none'}"
-                f"{', ' + str(i['config'].get('workers')) + ' baseline workers' if i.get('config', {}).get('workers', 1) > 1 else ''})."
+                f"{f', {processes} processes' if processes > 1 else ''})."
             )
         lines.append("")
         if plot_path:
@@ -781,20 +791,200 @@ def _eval_baseline_model(b: _Baseline, requirement: str, sp: _Split, local: int,
     return _score_models(requirement, sp, [local] * len(b.values), edited)
 
 
-def _baseline_job(job: tuple) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Worker process: one baseline on one model (everything rebuilt from plain data)."""
-    requirement, name, task_name, cfg_dict, split_name, data_split, index, blob = job
+# ==================================================================================================
+# units of work: what one process evaluates (spread over processes, results gathered in unit order)
+# ==================================================================================================
+@dataclass(frozen=True)
+class _Unit:
+    """An independent piece of the protocol: an editor run on a batch of one split's models (``kind="editor"``,
+    run ``run`` of ``method``, models ``lo:hi``; the batches of a one-process run), or a baseline at every
+    strength on one model (``kind="baseline"``, model ``lo``)."""
+
+    kind: str
+    method: str
+    split: str
+    run: int
+    lo: int
+    hi: int
+
+
+@dataclass
+class _Work:
+    """Everything a process needs to evaluate units; built the same way on every process."""
+
+    requirement: str
+    task_name: str
+    runs: dict[str, list[EditorRun]]
+    baselines: dict[str, _Baseline]
+    splits: dict[str, _Split]
+    data_splits: dict[str, str]  # zoo split -> task split its models are evaluated on
+    cfg: ProtocolConfig
+    units: list[_Unit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bs = max(1, int(self.cfg.edit_batch_size))
+        units = []
+        for name, rs in self.runs.items():
+            for sname, sp in self.splits.items():
+                for k in range(len(rs)):
+                    for lo in range(0, len(sp.models), bs):
+                        units.append(_Unit("editor", name, sname, k, lo, min(len(sp.models), lo + bs)))
+        for name in self.baselines:
+            for sname, sp in self.splits.items():
+                units.extend(_Unit("baseline", name, sname, 0, i, i + 1) for i in range(len(sp.models)))
+        self.units = units
+
+
+def _evaluate_unit(work: _Work, unit: _Unit) -> dict[str, Any]:
+    """``{"values": (3, n) metric / JSD / accuracy, "edit_seconds", "seconds"}`` of one unit; editor units: one
+    column per model of the batch; baseline units: one column per strength."""
+    t0 = time.perf_counter()
+    sp = work.splits[unit.split]
+    edit_seconds = 0.0
+    if unit.kind == "editor":
+        run = work.runs[unit.method][unit.run]
+        chunk = list(range(unit.lo, unit.hi))
+        te = time.perf_counter()
+        edited = run.edit_many([sp.models[i] for i in chunk], batch_size=max(1, int(work.cfg.edit_batch_size)))
+        edit_seconds = time.perf_counter() - te
+        values = _score_models(work.requirement, sp, chunk, edited)
+    else:
+        values = _eval_baseline_model(work.baselines[unit.method], work.requirement, sp, unit.lo, unit.lo, work.cfg)
+    return {"values": np.stack(values).tolist(), "edit_seconds": edit_seconds, "seconds": time.perf_counter() - t0}
+
+
+def _evaluate_share(work: _Work, progress: bool) -> list[dict[str, Any]]:
+    """Rank code: this process's share of ``work.units`` (:func:`hubedit.distributed.share`), then every
+    process's results gathered; returns the results of all units in unit order (on every process)."""
+    from .. import distributed
+
+    rank, size = distributed.world()
+    mine = distributed.share(len(work.units), rank, size)
+    bar = _bar(sum(work.units[k].hi - work.units[k].lo for k in mine), "protocol", progress and rank == 0)
+    done = []
+    for k in mine:
+        u = work.units[k]
+        bar.set_description(f"{u.method} [{u.split}]", refresh=False)
+        done.append((k, _evaluate_unit(work, u)))
+        bar.update(u.hi - u.lo)
+    bar.close()
+    if size == 1:
+        return [v for _, v in done]
+    by_unit = {k: v for part in distributed.all_gather(done) for k, v in part}
+    missing = [k for k in range(len(work.units)) if k not in by_unit]
+    if missing:  # pragma: no cover - every unit is some rank's share
+        raise RuntimeError(f"units {missing[:5]} of the protocol were evaluated by no process")
+    return [by_unit[k] for k in range(len(work.units))]
+
+
+def _collect(work: _Work, values: Sequence[Mapping[str, Any]]) -> tuple[dict[str, MethodResult], dict[str, float], dict[str, float]]:
+    """Method results (editors, then baselines, in the order of a one-process run) from the units' results;
+    compute seconds per method (summed over units) and editors' batched edit seconds per model."""
+    per: dict[tuple[str, str], np.ndarray] = {}
+    seconds = {name: 0.0 for name in [*work.runs, *work.baselines]}
+    edit_s = {name: 0.0 for name in work.runs}
+    edit_n = {name: 0 for name in work.runs}
+    for u, v in zip(work.units, values):
+        vals = np.asarray(v["values"], dtype=np.float64)
+        M = len(work.splits[u.split].models)
+        if u.kind == "editor":
+            arr = per.setdefault((u.method, u.split), np.full((len(work.runs[u.method]), 3, M), np.nan))
+            arr[u.run, :, u.lo:u.hi] = vals
+            edit_s[u.method] += float(v["edit_seconds"])
+            edit_n[u.method] += u.hi - u.lo
+        else:
+            arr = per.setdefault((u.method, u.split), np.full((3, len(work.baselines[u.method].values), M), np.nan))
+            arr[:, :, u.lo] = vals
+        seconds[u.method] += float(v["seconds"])
+    methods: dict[str, MethodResult] = {}
+    for name, rs in work.runs.items():
+        res = {}
+        for sname in work.splits:
+            arr = per.get((name, sname))
+            runs = [] if arr is None else list(arr)
+            res[sname] = ([(r[0].mean(), r[1].mean()) for r in runs], [r[2].mean() for r in runs])
+        methods[name] = MethodResult(name, "editor", [r.label for r in rs], res["validation"][0], res["test"][0],
+                                     res["validation"][1], res["test"][1])
+    for name, b in work.baselines.items():
+        res = {}
+        for sname in work.splits:
+            out = per[(name, sname)]
+            res[sname] = (np.stack([out[0].mean(1), out[1].mean(1)], 1), out[2].mean(1))
+        methods[name] = MethodResult(name, "baseline", list(b.labels), res["validation"][0], res["test"][0],
+                                     res["validation"][1], res["test"][1])
+    batched = {name: edit_s[name] / max(edit_n[name], 1) for name in work.runs}
+    return methods, seconds, batched
+
+
+def _editor_to_plain(editor) -> dict[str, Any]:
+    """An editor as plain data (settings JSON, safetensors bytes) for a helper process."""
+    from safetensors.torch import save
+
+    from ..editor import Editor
+
+    if not isinstance(editor, Editor):
+        raise TypeError(f"workers > 1 evaluates hubedit Editor objects only (they are sent to the helper processes "
+                        f"as settings and safetensors); got {type(editor).__name__}")
+    weights = {k: v.detach().contiguous().clone() for k, v in editor.state_dict().items()}
+    return {"settings": json.dumps(editor.settings, default=str), "weights": save(weights),
+            "source": json.dumps(dict(editor.source), default=str)}
+
+
+def _editor_from_plain(d: Mapping[str, Any]):
+    from safetensors.torch import load
+
+    from ..editor import Editor
+
+    editor = Editor(**json.loads(d["settings"]))
+    editor.load_state_dict(load(d["weights"]), strict=True)
+    editor.source = json.loads(d["source"])
+    return editor.eval()
+
+
+def _work_to_plain(work: _Work) -> dict[str, Any]:
+    """``work`` as plain data (strings, numbers, bytes) for :func:`_protocol_helper`: models as safetensors bytes,
+    editors as settings + safetensors, task data reloaded by name."""
+    editors: list = []
+    index: dict[int, int] = {}
+    runs = {}
+    for name, rs in work.runs.items():
+        runs[name] = []
+        for r in rs:
+            if id(r.editor) not in index:
+                index[id(r.editor)] = len(editors)
+                editors.append(_editor_to_plain(r.editor))
+            runs[name].append({"editor": index[id(r.editor)], "lam": r.lam})
+    return {
+        "requirement": work.requirement, "task": work.task_name, "config": work.cfg.to_dict(),
+        "baselines": list(work.baselines), "editors": editors, "runs": runs,
+        "splits": {s: {"data": work.data_splits[s], "model_ids": list(sp.model_ids),
+                       "models": [m.to_bytes() for m in sp.models]} for s, sp in work.splits.items()},
+    }
+
+
+def _work_from_plain(d: Mapping[str, Any]) -> _Work:
     from ..mlp import MLP
     from ..tasks import load_task
 
-    torch.set_num_threads(1)
+    task = load_task(d["task"])
+    cfg = ProtocolConfig.from_dict(d["config"])
+    editors = [_editor_from_plain(e) for e in d["editors"]]
+    runs = {name: [EditorRun(name, editors[r["editor"]], r["lam"]) for r in rs] for name, rs in d["runs"].items()}
+    baselines = {b.name: b for b in _baselines(d["requirement"], d["baselines"], task, cfg)}
+    splits, data_splits = {}, {}
+    for sname, s in d["splits"].items():
+        X, y, sens = task.split(s["data"])
+        models = [MLP.from_bytes(blob, source=f"{sname} model {i}") for i, blob in enumerate(s["models"])]
+        splits[sname] = _Split(sname, models, list(s["model_ids"]), X, y, sens)
+        data_splits[sname] = s["data"]
+    return _Work(d["requirement"], d["task"], runs, baselines, splits, data_splits, cfg)
+
+
+def _protocol_helper(plain: Mapping[str, Any]) -> None:
+    """Helper process of ``workers > 1`` (:func:`hubedit.distributed.local_processes`): the same rank code as
+    every other process, on ``work`` rebuilt from plain data."""
     warnings.simplefilter("ignore")
-    task = load_task(task_name)
-    cfg = ProtocolConfig.from_dict(cfg_dict)
-    (b,) = _baselines(requirement, [name], task, cfg)
-    X, y, s = task.split(data_split)
-    sp = _Split(split_name, [MLP.from_bytes(blob)], [""], X, y, s)
-    return index, _eval_baseline_model(b, requirement, sp, 0, index, cfg)
+    _evaluate_share(_work_from_plain(plain), progress=False)
 
 
 def _resolve_baselines(requirement: str, baselines) -> list[str]:
@@ -850,8 +1040,18 @@ def run_protocol(
             :func:`editor_runs`.
         baselines: ``"all"`` (default), None (same), ``[]`` (none), or names / keys (:data:`BASELINE_KEYS`).
         config: a :class:`ProtocolConfig`; ``**options`` override its fields (e.g. ``max_models=10``).
-        progress: tqdm progress bars.
+        progress: tqdm progress bars (rank 0 only).
+
+    Processes: under ``torchrun`` / ``accelerate launch --multi_gpu --num_processes N [--num_machines M ...]``
+    every process calls this with the same arguments; the units (an editor run on a batch of models, a
+    baseline on one model) are shared out round-robin, gathered, and every process returns the same result,
+    identical (numbers and order) to a one-process run with the same torch threads per process (training
+    baselines round differently on different numbers of threads; launchers set ``OMP_NUM_THREADS=1``).
+    ``config.workers = N`` runs the same rank code in N local processes (this one and N - 1 helpers with this
+    one's torch threads). Timing runs in rank 0 alone, after the units, while the other processes wait.
+    Writing files is the caller's, on rank 0 (:func:`hubedit.distributed.is_main_process`).
     """
+    from .. import distributed
     from ..requirements import get_requirement
 
     cfg = config or ProtocolConfig()
@@ -860,6 +1060,8 @@ def run_protocol(
         if unknown:
             raise TypeError(f"unknown protocol options {sorted(unknown)}")
         cfg = ProtocolConfig.from_dict({**cfg.to_dict(), **options})
+    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise ValueError(f"workers must be a whole number of processes >= 1, got {cfg.workers!r}")
     runs = editor_runs(editors, cfg.lambda_grid)
     reqs = {r.editor.settings["requirement"] for rs in runs.values() for r in rs}
     if requirement is None:
@@ -887,126 +1089,88 @@ def run_protocol(
         raise ValueError(f"the zoo needs validation and test models; got {len(splits['validation'].models)} and "
                          f"{len(splits['test'].models)}")
 
-    methods: dict[str, MethodResult] = {}
-    seconds: dict[str, float] = {}
-
-    # --- editors: edit the models of a split in batches (edit_many), then score them together --------------
-    batched: dict[str, float] = {}
-    for name, rs in runs.items():
-        t0 = time.perf_counter()
-        edit_s, edit_n = 0.0, 0
-        res = {}
-        for sname, sp in splits.items():
-            pts, accs = [], []
-            bar = _bar(len(rs) * len(sp.models), f"{name} [{sname}]", progress)
-            for r in rs:
-                M = len(sp.models)
-                metric, j, acc = np.zeros(M), np.zeros(M), np.zeros(M)
-                bs = max(1, int(cfg.edit_batch_size))
-                for lo in range(0, M, bs):
-                    chunk = list(range(lo, min(M, lo + bs)))
-                    te = time.perf_counter()
-                    edited = r.edit_many([sp.models[i] for i in chunk], batch_size=bs)
-                    edit_s += time.perf_counter() - te
-                    edit_n += len(chunk)
-                    metric[chunk], j[chunk], acc[chunk] = _score_models(requirement, sp, chunk, edited)
-                    bar.update(len(chunk))
-                pts.append((metric.mean(), j.mean()))
-                accs.append(acc.mean())
-            bar.close()
-            res[sname] = (pts, accs)
-        methods[name] = MethodResult(name, "editor", [r.label for r in rs], res["validation"][0], res["test"][0],
-                                     res["validation"][1], res["test"][1])
-        seconds[name] = time.perf_counter() - t0
-        batched[name] = edit_s / max(edit_n, 1)
-
-    # --- baselines: per model (they have no learning across models) ------------------------------------------
     data_splits = {"validation": "evaluation", "test": "test"}
-    pool = None
-    if cfg.workers > 1 and base_names:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    work = _Work(requirement, task.name, runs, {b.name: b for b in _baselines(requirement, base_names, task, cfg)},
+                 splits, data_splits, cfg)
 
-        pool = ProcessPoolExecutor(max_workers=int(cfg.workers), mp_context=mp.get_context("spawn"))
-    try:
-        for b in _baselines(requirement, base_names, task, cfg):
-            t0 = time.perf_counter()
-            res = {}
-            for sname, sp in splits.items():
-                K, M = len(b.values), len(sp.models)
-                out = np.full((3, K, M), np.nan)
-                bar = _bar(M, f"{b.name} [{sname}]", progress)
-                if pool is None:
-                    for i in range(M):
-                        out[:, :, i] = _eval_baseline_model(b, requirement, sp, i, i, cfg)
-                        bar.update(1)
-                else:
-                    jobs = [(requirement, b.name, task.name, cfg.to_dict(), sname, data_splits[sname], i,
-                             sp.models[i].to_bytes()) for i in range(M)]
-                    for i, vals in pool.map(_baseline_job, jobs):
-                        out[:, :, i] = vals
-                        bar.update(1)
-                bar.close()
-                res[sname] = (np.stack([out[0].mean(1), out[1].mean(1)], 1), out[2].mean(1))
-            methods[b.name] = MethodResult(b.name, "baseline", list(b.labels), res["validation"][0], res["test"][0],
-                                           res["validation"][1], res["test"][1])
-            seconds[b.name] = time.perf_counter() - t0
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    # --- editors (batches of models) and baselines (one model each): units spread over the processes ---------
+    workers = int(cfg.workers)
+    if workers > 1 and distributed.launched_world_size() > 1:  # checked before joining the launched world
+        raise ValueError(f"workers={workers} under a launcher of {distributed.launched_world_size()} processes: the "
+                         "launched processes already share the work; use workers=1 there (or run without the launcher)")
+    rank, size = distributed.world()
+    if workers > 1 and size > 1:
+        raise ValueError(f"workers={workers} inside a torch.distributed group of {size} processes: they already share "
+                         "the work; use workers=1 there")
+    if workers > 1 and len(work.units) > 1:
+        # helpers get this process's torch threads: trained baselines (Lottery Ticket) round differently on
+        # different numbers of threads, and the numbers must be those of workers=1
+        with distributed.local_processes(workers, _protocol_helper, (_work_to_plain(work),),
+                                         threads=torch.get_num_threads()):
+            values = _evaluate_share(work, progress)
+    else:
+        values = _evaluate_share(work, progress)
+    methods, seconds, batched = _collect(work, values)
+    processes = size if size > 1 else (workers if len(work.units) > 1 else 1)
 
-    # --- timing: seconds to edit one model, every method, same run -----------------------------------------
-    timing: dict[str, TimingResult] = {}
-    timing_notes: dict[str, str] = {}
-    timed = splits["test"].models[: max(0, int(cfg.timing_models))]
-    if timed:
-        for name, rs in runs.items():
-            r = rs[len(rs) // 2]
-            timing[name] = time_per_model(r.edit, timed, warmup=1)
-            timing_notes[name] = (f"{r.label}: Editor.edit of one model (graph build, forward pass, write-back); "
-                                  f"in batches of {cfg.edit_batch_size} (edit_many): {batched[name]:.2e} s/model")
-        for b in _baselines(requirement, base_names, task, cfg):
-            if b.timing_value is None:
-                continue
+    # --- rank 0 alone: timing (seconds to edit one model, every method; the other processes wait, so the machine
+    # is as quiet as in a one-process run), the originals' scores and the run's info; then sent to every rank ----
+    tail = None
+    if rank == 0:
+        timing: dict[str, TimingResult] = {}
+        timing_notes: dict[str, str] = {}
+        timed = splits["test"].models[: max(0, int(cfg.timing_models))]
+        if timed:
+            for name, rs in runs.items():
+                r = rs[len(rs) // 2]
+                timing[name] = time_per_model(r.edit, timed, warmup=1)
+                timing_notes[name] = (f"{r.label}: Editor.edit of one model (graph build, forward pass, write-back); "
+                                      f"in batches of {cfg.edit_batch_size} (edit_many): {batched[name]:.2e} s/model")
+            for b in work.baselines.values():
+                if b.timing_value is None:
+                    continue
 
-            def fn(model, b=b):
-                state = b.prepare(model) if b.prepare is not None else None
-                return b.apply(model, state, b.timing_value)
+                def fn(model, b=b):
+                    state = b.prepare(model) if b.prepare is not None else None
+                    return b.apply(model, state, b.timing_value)
 
-            timing[b.name] = time_per_model(fn, timed, warmup=1)
-            timing_notes[b.name] = b.timing_note or str(b.timing_value)
+                timing[b.name] = time_per_model(fn, timed, warmup=1)
+                timing_notes[b.name] = b.timing_note or str(b.timing_value)
 
-    # --- originals ------------------------------------------------------------------------------------------
-    original = {}
-    for sname, key in (("validation", "val"), ("test", "test")):
-        sp = splits[sname]
-        m, _, acc = _score_models(requirement, sp, range(len(sp.models)), sp.models)
-        original[f"{key}_metric"], original[f"{key}_accuracy"] = float(m.mean()), float(acc.mean())
+        original = {}
+        for sname, key in (("validation", "val"), ("test", "test")):
+            sp = splits[sname]
+            m, _, acc = _score_models(requirement, sp, range(len(sp.models)), sp.models)
+            original[f"{key}_metric"], original[f"{key}_accuracy"] = float(m.mean()), float(acc.mean())
 
-    info = {
-        "zoo": _zoo_label(zoo),
-        "zoo_source": dict(zoo.source),
-        "zoo_info": {k: zoo.info.get(k) for k in ("preset", "seed", "n_configs") if k in zoo.info},
-        "n_val_models": len(splits["validation"].models),
-        "n_test_models": len(splits["test"].models),
-        "n_val_points": int(len(splits["validation"].y)),
-        "n_test_points": int(len(splits["test"].y)),
-        "n_editing_points": int(len(task.split("editing")[1])),
-        "val_model_ids": splits["validation"].model_ids,
-        "test_model_ids": splits["test"].model_ids,
-        "original": original,
-        "config": cfg.to_dict(),
-        "editors": {name: [{"lam": r.effective_lam, "source": dict(r.editor.source) or None,
-                            "variant": r.editor.settings["variant"],
-                            "lam_range": r.editor.settings.get("lam_range")} for r in rs] for name, rs in runs.items()},
-        "method_seconds": seconds,
-        "editor_batched_seconds_per_model": batched,
-        "seconds": time.perf_counter() - t_start,
-        "machine": machine_info(),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    return ProtocolResult(task.name, requirement, req.metric_name, req.metric_label, x_scale, methods, timing,
-                          timing_notes, info)
+        info = {
+            "zoo": _zoo_label(zoo),
+            "zoo_source": dict(zoo.source),
+            "zoo_info": {k: zoo.info.get(k) for k in ("preset", "seed", "n_configs") if k in zoo.info},
+            "n_val_models": len(splits["validation"].models),
+            "n_test_models": len(splits["test"].models),
+            "n_val_points": int(len(splits["validation"].y)),
+            "n_test_points": int(len(splits["test"].y)),
+            "n_editing_points": int(len(task.split("editing")[1])),
+            "val_model_ids": splits["validation"].model_ids,
+            "test_model_ids": splits["test"].model_ids,
+            "original": original,
+            "config": cfg.to_dict(),
+            "editors": {name: [{"lam": r.effective_lam, "source": dict(r.editor.source) or None,
+                                "variant": r.editor.settings["variant"],
+                                "lam_range": r.editor.settings.get("lam_range")} for r in rs] for name, rs in runs.items()},
+            "processes": processes,
+            "method_seconds": seconds,
+            "editor_batched_seconds_per_model": batched,
+            "seconds": time.perf_counter() - t_start,
+            "machine": machine_info(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        tail = {"timing": {n: t.to_dict() for n, t in timing.items()}, "timing_notes": timing_notes, "info": info}
+    if size > 1:
+        tail = distributed.broadcast(tail)
+    return ProtocolResult(task.name, requirement, req.metric_name, req.metric_label, x_scale, methods,
+                          {n: TimingResult(**t) for n, t in tail["timing"].items()}, tail["timing_notes"], tail["info"])
 
 
 def _zoo_label(zoo) -> str:
@@ -1030,7 +1194,7 @@ def machine_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:
-        from .. import __version__
+        from ..version import __version__
 
         info["hubedit"] = __version__
     except Exception:  # pragma: no cover
