@@ -1,6 +1,7 @@
 """Zoo builds over several processes (``--workers``, ``accelerate launch``, ``torchrun``) give the bytes of a
 one-process build; the build folder is locked and checked before anything is trained; worker processes die
-with their parent."""
+with their parent; a failing worker or rank fails the build everywhere. (The shared machinery,
+:mod:`hubedit.distributed`, has its own tests in test_distributed.py.)"""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import pytest
 
 from hubedit.cli import main
 from hubedit.errors import ConfigError
-from hubedit.zoo import build as build_mod
-from hubedit.zoo.build import BuildError, BuildLockedError, build_checkpoints, build_zoo
+from hubedit.zoo.build import BuildLockedError, build_checkpoints, build_zoo
 from hubedit.zoo.presets import ZooPreset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,33 +163,60 @@ def test_a_resume_with_two_workers_equals_a_one_process_build(one_process_build,
     assert not list((tmp_path / ".build").glob("*.tmp-*"))
 
 
-def test_a_failing_worker_is_a_build_error(tmp_path):
-    b = build_mod._plan_build("bank", SMALL, tmp_path, 0, None, None, "auto")
-    b.build_dir.mkdir(parents=True)
-    real = b.job
-    b.job = lambda i: ("no-such-task",) + real(i)[1:]
-    progress = build_mod._Progress(b, False, {}, [0], "")
-    with pytest.raises(BuildError, match=r"worker process 0 .* failed(.|\n)*UnknownTaskError(.|\n)*no-such-task"):
-        build_mod._train_in_workers(b, [[0]], progress, lambda i, meta: None)
+FAILING_WORKER = textwrap.dedent("""
+    import multiprocessing, sys
+    from hubedit.zoo import build as build_mod
+    from hubedit.zoo.presets import ZooPreset
+
+    real = build_mod.train_group
+    def train_group(*args, **kw):  # the worker rank (a spawned process, which imports this file too) fails
+        if multiprocessing.parent_process() is not None:
+            raise RuntimeError("the worker ran out of something")
+        return real(*args, **kw)
+    build_mod.train_group = train_group
+
+    if __name__ == "__main__":
+        preset = ZooPreset("small-groups", n_configs=8, epochs=1, checkpoint_epochs=(1,), max_group_size=2)
+        try:
+            build_mod.build_zoo("bank", preset, sys.argv[1], seed=0, progress=False, workers=2)
+        except Exception as exc:
+            print(f"raised {type(exc).__name__}: {exc}", flush=True)
+            sys.exit(1)
+        print("returned", flush=True)
+""")
 
 
-#: CPU seconds a worker process spends starting (importing torch and hubedit, unpickling its jobs): one that
+def test_a_failing_worker_fails_the_build_and_keeps_the_finished_groups(tmp_path):
+    script = tmp_path / "failing_worker.py"
+    script.write_text(FAILING_WORKER)
+    out = tmp_path / "zoo"
+    run = subprocess.run([sys.executable, str(script), str(out)], env=_subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr[-3000:]
+    assert "raised BuildError: zoo build: rank 1 failed: RuntimeError: the worker ran out of something" in run.stdout, \
+        run.stdout + run.stderr[-3000:]
+    assert not (out / "zoo.json").exists()
+    assert {m["rank"] for m in _group_metas(out)} == {0}  # this process's groups are kept for a resume
+
+
+#: CPU seconds a worker process spends starting (importing torch and hubedit, planning the build): one that
 #: has used more is training. (A worker whose parent dies while it starts leaves as soon as it has started:
-#: test_a_worker_whose_parent_died_while_it_started_leaves.)
-WORKER_STARTUP_CPU_S = 6.0
+#: test_distributed.py::test_a_process_whose_parent_died_while_it_started_leaves.)
+WORKER_STARTUP_CPU_S = 8.0
 
 
 def test_workers_die_with_their_parent(tmp_path):
-    """SIGKILL of `hubedit zoo build` used to leave its worker processes training on, forever."""
+    """SIGKILL of `hubedit zoo build` used to leave its worker processes training on, forever. With --workers 3
+    the command trains as rank 0 and starts two worker ranks."""
     psutil = pytest.importorskip("psutil")
     cmd = [str(BIN / "hubedit"), "zoo", "build", "--task", "bank", "--epochs", "400", "--out", str(tmp_path),
-           "--workers", "2", "--no-progress"]
+           "--workers", "3", "--no-progress"]
     proc = subprocess.Popen(cmd, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers = []
     try:
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:  # until two workers are training
+        while time.monotonic() < deadline and proc.poll() is None:  # until both workers are training
             workers = [c for c in parent.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
             if len(workers) >= 2 and all(sum(w.cpu_times()[:2]) > WORKER_STARTUP_CPU_S for w in workers):
                 break
@@ -211,24 +238,6 @@ def test_workers_die_with_their_parent(tmp_path):
             if _running(w, psutil):
                 w.kill()
         proc.stderr.close()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_worker_whose_parent_died_while_it_started_leaves():
-    """The kernel's death signal is set only once a worker runs: one whose parent died before that sees
-    that it was handed to another parent and leaves."""
-    script = textwrap.dedent("""
-        import ctypes, os
-        from hubedit.zoo.build import _die_with_parent
-        _die_with_parent(os.getppid())  # the parent is alive: carry on, SIGKILLed when it dies
-        sig = ctypes.c_int()
-        ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
-        print(sig.value, flush=True)
-        _die_with_parent(os.getppid() + 1)  # as if the parent had died and another adopted this process
-        print("trained on", flush=True)
-    """)
-    run = subprocess.run([sys.executable, "-c", script], env=_subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert run.stdout.split() == [str(int(signal.SIGKILL))] and run.returncode == 1, run.stdout + run.stderr[-2000:]
 
 
 def _running(process, psutil) -> bool:
@@ -292,31 +301,13 @@ def test_a_failing_rank_fails_every_rank(tmp_path):
 
 
 # --- units ----------------------------------------------------------------------------------------------
-def test_groups_are_shared_out_by_cost():
-    shares = build_mod._assign([0, 1, 2, 3, 4], [5.0, 4.0, 3.0, 3.0, 1.0], 2)
-    assert shares == [[0, 3], [1, 2, 4]]  # loads 8 and 8
-    assert build_mod._assign([7], [1.0], 3) == [[7], [], []]
-
-
-def test_launcher_variables(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU", "OMPI_COMM_WORLD_SIZE",
-                 "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    assert build_mod._launched_world() is None
+def test_workers_are_refused_under_a_launcher(tmp_path, monkeypatch):
+    """Under torchrun / accelerate launch the launched processes share the groups: local workers on top of them
+    are refused at once, before the world is joined or anything written (they used to be started per rank)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="expected 0..1"):
-        build_mod._launched_world()
-    monkeypatch.setenv("RANK", "1")
-    with pytest.raises(ConfigError, match="MASTER_ADDR"):
-        build_mod._launched_world()
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29500")
-    assert build_mod._launched_world() == (1, 2)
-    # `accelerate launch --cpu --num_processes 2` without MPI starts one process: said, and built here
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
-    with pytest.warns(UserWarning, match="--multi_gpu"):
-        assert build_mod._launched_world() is None
+    with pytest.raises(ConfigError, match="workers=2 under a launcher of 2 processes"):
+        build_zoo("bank", SMALL, tmp_path, workers=2)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])

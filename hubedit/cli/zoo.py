@@ -36,8 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     b.add_argument("--push", metavar="REPO_ID", default=None, help="also publish the zoo as a Hub dataset repo")
     b.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="training processes on this machine (default: the cores available, at most one per training "
-                   "group; 1 per process of an `accelerate launch` / `torchrun` world)")
+                   help="training processes on this machine, this one included (default: the cores available, at most "
+                   "one per training group; 1 trains in this process alone). Not under `accelerate launch` / `torchrun`, "
+                   "whose processes share the groups instead")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 

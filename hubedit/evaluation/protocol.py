@@ -855,19 +855,23 @@ def _evaluate_unit(work: _Work, unit: _Unit) -> dict[str, Any]:
 
 def _evaluate_share(work: _Work, progress: bool) -> list[dict[str, Any]]:
     """Rank code: this process's share of ``work.units`` (:func:`hubedit.distributed.share`), then every
-    process's results gathered; returns the results of all units in unit order (on every process)."""
+    process's results gathered; returns the results of all units in unit order (on every process). A unit
+    that fails on one process fails every process (:func:`hubedit.distributed.all_succeed`)."""
     from .. import distributed
 
     rank, size = distributed.world()
     mine = distributed.share(len(work.units), rank, size)
     bar = _bar(sum(work.units[k].hi - work.units[k].lo for k in mine), "protocol", progress and rank == 0)
     done = []
-    for k in mine:
-        u = work.units[k]
-        bar.set_description(f"{u.method} [{u.split}]", refresh=False)
-        done.append((k, _evaluate_unit(work, u)))
-        bar.update(u.hi - u.lo)
-    bar.close()
+    try:
+        with distributed.all_succeed("evaluation protocol"):
+            for k in mine:
+                u = work.units[k]
+                bar.set_description(f"{u.method} [{u.split}]", refresh=False)
+                done.append((k, _evaluate_unit(work, u)))
+                bar.update(u.hi - u.lo)
+    finally:
+        bar.close()
     if size == 1:
         return [v for _, v in done]
     by_unit = {k: v for part in distributed.all_gather(done) for k, v in part}

@@ -19,23 +19,25 @@ The output folder is checked before anything is trained: a build writes ``.build
 ``data/``, ``zoo.json`` and ``README.md``, so those may exist only as the build's own (an unfinished or
 finished build of the same settings, which resumes); anything else there is refused, never deleted.
 
-Processes. Each group trains on one thread, so the bytes never depend on how many processes train:
+Processes (:mod:`hubedit.distributed`). Each group trains on one thread, so the bytes never depend on how
+many processes train. The processes are the ranks of a gloo group, and every rank runs the same code: it
+trains its share of the pending groups (shares of about equal cost, by :func:`~hubedit.zoo.trainer.group_cost`)
+into the build folder; rank 0 checks and locks the folder first and alone assembles and saves the zoo, which
+is byte-identical to a one-process build. Each step ends with every rank learning whether all succeeded
+(:func:`hubedit.distributed.all_succeed`): if any rank fails, every rank raises, and the groups finished so
+far stay for a rerun to resume from. The ranks are
 
-* ``workers=N`` (``--workers``): N worker processes on this machine, started with
-  ``torch.multiprocessing.start_processes``; each trains a fixed share of the groups (balanced by
-  :func:`~hubedit.zoo.trainer.group_cost`) and dies with the process that started it.
-* A launched world: under ``torchrun`` or ``accelerate launch --multi_gpu --num_processes N
-  [--num_machines M ...] -m hubedit zoo build ...`` (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set), every
-  rank joins a ``torch.distributed`` gloo group (CPU) and trains its share of the groups into the shared
-  build folder; rank 0 checks and locks the folder first and alone assembles and saves the zoo, which is
-  byte-identical to a one-process build. Over several machines ``out`` must be on a filesystem they all
-  share, and the machines alike (hubedit, torch, trainer kernels). If any rank fails, every rank raises.
+* ``workers=N`` (``--workers``): this process (rank 0) and ``N - 1`` helper processes on this machine
+  (:func:`hubedit.distributed.local_processes`), which die with it; ``workers=1`` trains here alone.
+* a launched world: under ``torchrun`` or ``accelerate launch --multi_gpu --num_processes N
+  [--num_machines M ...] -m hubedit zoo build ...`` (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set), the
+  launcher's processes. Over several machines ``out`` must be on a filesystem they all share, and the machines
+  alike (hubedit, torch, trainer kernels).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import errno
 import hashlib
@@ -43,9 +45,9 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -57,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, CorruptFileError, HubeditError
 from ..tasks import load_task
 from . import fused
@@ -384,18 +387,6 @@ def _prepare(b: _Build, stack: contextlib.ExitStack) -> dict[int, tuple[list[Che
     return done
 
 
-def _assign(pending: list[int], costs: list[float], n: int) -> list[list[int]]:
-    """Split ``pending`` groups into ``n`` shares of about equal estimated cost: longest first, each to the
-    least loaded share (ties to the lowest share). Each share lists its groups longest first."""
-    shares: list[list[int]] = [[] for _ in range(n)]
-    load = [0.0] * n
-    for cost, i in sorted(zip(costs, pending), key=lambda ci: (-ci[0], ci[1])):
-        k = min(range(n), key=lambda r: (load[r], r))
-        shares[k].append(i)
-        load[k] += cost
-    return shares
-
-
 def _default_workers() -> int:
     """The cores this process may run on."""
     try:
@@ -409,8 +400,8 @@ def _default_workers() -> int:
 # --------------------------------------------------------------------------------------------------
 def _credit(credited: dict[int, float], i: int, step: float, size: int) -> float:
     """Credit group ``i`` with ``step`` models of progress, at most up to its ``size``; returns what was
-    credited. A worker's last epoch messages can arrive after its group was credited in full on completion
-    (the queue is asynchronous): without the cap the bar ran past its total."""
+    credited. A group can be credited in full more than once (another rank's group when the progress thread
+    sees its file and again when rank 0 reads it back): without the cap the bar ran past its total."""
     step = max(0.0, min(step, size - credited[i]))
     credited[i] += step
     return step
@@ -418,14 +409,14 @@ def _credit(credited: dict[int, float], i: int, step: float, size: int) -> float
 
 class _Progress:
     """The build's progress bar in models (or nothing): credited per epoch and topped up per finished
-    group. ``watch`` lists groups trained elsewhere (other ranks): their files are looked for now and
-    then, and each counts when it appears."""
+    group. ``watch`` lists groups trained elsewhere (other ranks): while :meth:`watching`, a thread looks for
+    their files every few seconds and each counts when it appears (the bar moves while this rank waits)."""
 
     def __init__(self, b: _Build, enabled: bool, done: "set[int] | dict", pending: list[int], desc: str):
         self.b = b
         self.credited = {i: 0.0 for i in pending}
         self.watch: list[int] = []
-        self.last_look = time.monotonic()
+        self.lock = threading.Lock()  # the watching thread and this one both credit groups
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
@@ -439,20 +430,39 @@ class _Progress:
     def epoch(self, i: int, n_models: int) -> None:
         if self.bar is not None:
             e = self.b.by_id[self.b.plan[i][0]].train.epochs
-            self.bar.update(_credit(self.credited, i, n_models / e, len(self.b.plan[i])))
-            self.look()
+            with self.lock:
+                self.bar.update(_credit(self.credited, i, n_models / e, len(self.b.plan[i])))
 
     def group_done(self, i: int) -> None:
         if self.bar is not None:
-            self.bar.update(_credit(self.credited, i, len(self.b.plan[i]), len(self.b.plan[i])))
+            with self.lock:
+                self.bar.update(_credit(self.credited, i, len(self.b.plan[i]), len(self.b.plan[i])))
 
-    def look(self, every: float = 5.0) -> None:
-        if self.bar is None or not self.watch or time.monotonic() - self.last_look < every:
-            return
-        self.last_look = time.monotonic()
+    def look(self) -> None:
+        """Count the watched groups whose files are there now."""
         for i in [i for i in self.watch if _group_path(self.b.build_dir, i).exists()]:
             self.watch.remove(i)
             self.group_done(i)
+
+    @contextlib.contextmanager
+    def watching(self, every: float = 2.0):
+        """Look for the watched groups' files every ``every`` seconds in a thread, for the ``with`` block."""
+        if self.bar is None or not self.watch:
+            yield
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                self.look()
+
+        thread = threading.Thread(target=loop, name="hubedit-zoo-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -460,208 +470,14 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------------------
-# training: in this process, or in worker processes that die with it
+# the build: the same rank code alone, with local worker ranks, or in a launched world
 # --------------------------------------------------------------------------------------------------
-def _train(b: _Build, share: list[int], workers: int, progress: _Progress, finished: Callable[[int, "dict | None"], None]) -> int:
-    """Train the groups of ``share`` (in this process if ``workers`` is 1); returns the processes used."""
-    n = max(1, min(workers, len(share)))
-    if n == 1:
-        for i in share:
-            meta = _train_and_save(*b.job(i), on_epoch=lambda epoch, g, i=i: progress.epoch(i, g))
-            finished(i, meta)
-        return 1
-    _train_in_workers(b, _assign(share, [b.cost(i) for i in share], n), progress, finished)
-    return n
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), and leave
-    at once if the parent died before that was set (then this process was handed to another parent)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (libc is in the process already)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _worker_main(worker: int, parent_pid: int, jobs: list[list[tuple]], messages) -> None:
-    """A worker process (``torch.multiprocessing.start_processes``): trains its share, reporting each epoch
-    and each finished group to the parent; exits as soon as the parent is gone."""
-    _die_with_parent(parent_pid)
-
-    def on_epoch(epoch: int, n_models: int, index: int) -> None:
-        if os.getppid() != parent_pid:  # where there is no PR_SET_PDEATHSIG
-            os._exit(1)
-        messages.put(("epoch", index, n_models))
-
-    for job in jobs[worker]:
-        meta = _train_and_save(*job, on_epoch=lambda epoch, g, i=job[2]: on_epoch(epoch, g, i))
-        messages.put(("done", job[2], meta))
-
-
-def _train_in_workers(b: _Build, shares: list[list[int]], progress: _Progress, finished) -> None:
-    import queue
-
-    import torch.multiprocessing as tmp
-    from torch.multiprocessing.spawn import ProcessException
-
-    messages = tmp.get_context("spawn").Queue()
-    jobs = [[b.job(i) for i in share] for share in shares]
-    procs = tmp.start_processes(
-        _worker_main, args=(os.getpid(), jobs, messages), nprocs=len(shares), join=False, start_method="spawn"
-    )
-    reported: set[int] = set()
-
-    def drain() -> None:
-        while True:
-            try:
-                kind, i, payload = messages.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "epoch":
-                progress.epoch(i, payload)
-            elif i not in reported:
-                reported.add(i)
-                finished(i, payload)
-
-    try:
-        try:
-            while not procs.join(timeout=0.5):
-                drain()
-                progress.look()
-        except ProcessException as exc:
-            raise BuildError(
-                f"zoo build: worker process {exc.error_index} (pid {exc.error_pid}) failed; the groups finished so far "
-                f"are kept in {b.build_dir} and rerunning the build resumes from them.\n{exc.msg.strip()}"
-            ) from None
-        drain()
-        for i in (i for share in shares for i in share if i not in reported):  # a last message lost in the pipe
-            finished(i, None)
-    finally:  # interrupted, or a worker failed: stop the others now (start_processes stops them on failure)
-        for p in procs.processes:
-            if p.is_alive():
-                p.terminate()
-        for p in procs.processes:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        messages.close()
-        messages.cancel_join_thread()
-
-
-# --------------------------------------------------------------------------------------------------
-# a launched world (torchrun, accelerate launch): gloo collectives carrying JSON
-# --------------------------------------------------------------------------------------------------
-_RANK_VARS, _SIZE_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-#: how long a collective waits (rendezvous, the start, assembling); waiting for the slowest rank's training
-#: is bounded separately, by the estimated training time (``_training_wait``)
-_COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def _env_int(names: tuple[str, ...]) -> "tuple[str, int] | None":
-    for name in names:
-        value = os.environ.get(name)
-        if value not in (None, ""):
-            try:
-                return name, int(value)
-            except ValueError:
-                raise ConfigError(f"environment variable {name} must be an integer, got {value!r}") from None
-    return None
-
-
-def _launched_world() -> "tuple[int, int] | None":
-    """``(rank, world size)`` when this process is one of several a launcher started (``RANK`` /
-    ``WORLD_SIZE``, or MPI's), else None."""
-    size = _env_int(_SIZE_VARS)
-    if size is None or size[1] <= 1:
-        if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and os.environ.get("MASTER_ADDR"):
-            warnings.warn(
-                "zoo build: `accelerate launch --cpu` started this one process only (accelerate starts several CPU "
-                "processes only through MPI, --mpirun_hostfile), so the build runs here alone. To spread it over "
-                "processes use `accelerate launch --multi_gpu --num_processes N -m hubedit zoo build ...` (torchrun "
-                "underneath; hubedit trains on CPU with gloo whatever the flag says) or `torchrun --nproc_per_node N "
-                "-m hubedit zoo build ...`; on one machine, --workers N does the same"
-            )
-        return None
-    rank = _env_int(_RANK_VARS)
-    if rank is None or not 0 <= rank[1] < size[1]:
-        raise ConfigError(
-            f"{size[0]}={size[1]} says this process is one of {size[1]}, but its rank "
-            f"({'/'.join(_RANK_VARS)}) is {rank[1] if rank else 'not set'}: expected 0..{size[1] - 1}"
-        )
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        if not os.environ.get(name):
-            raise ConfigError(f"{size[0]}={size[1]} is set but {name} is not: a launched build needs torchrun's or "
-                              "accelerate launch's rendezvous variables (MASTER_ADDR, MASTER_PORT)")
-    return rank[1], size[1]
-
-
-def _broadcast_json(obj, rank: int, group):
-    """``obj`` of rank 0, on every rank (as JSON bytes: nothing is unpickled)."""
-    import torch.distributed as dist
-
-    data = json.dumps(obj).encode() if rank == 0 else b""
-    size = torch.tensor([len(data)], dtype=torch.int64)
-    dist.broadcast(size, src=0, group=group)
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if rank == 0 else torch.empty(int(size), dtype=torch.uint8)
-    dist.broadcast(buf, src=0, group=group)
-    return obj if rank == 0 else json.loads(buf.numpy().tobytes())
-
-
-def _all_gather_json(obj, world: int, group) -> list:
-    """Every rank's ``obj``, in rank order (as JSON bytes)."""
-    import torch.distributed as dist
-
-    data = json.dumps(obj).encode()
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
-    longest = max(int(s) for s in sizes)
-    buf = torch.zeros(longest, dtype=torch.uint8)
-    buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    bufs = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(bufs, buf, group=group)
-    return [json.loads(b[: int(s)].numpy().tobytes()) for b, s in zip(bufs, sizes)]
-
-
-@contextlib.contextmanager
-def _gloo_group(rank: int, world: int):
-    """A gloo process group over the launched world: the default group, initialised here from the
-    launcher's variables, or a new group if the caller already initialised one (left as it was)."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        if dist.get_world_size() != world or dist.get_rank() != rank:
-            raise ConfigError(f"torch.distributed is initialised as rank {dist.get_rank()} of {dist.get_world_size()}, "
-                              f"the launcher's variables say rank {rank} of {world}")
-        group = dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT)
-        try:
-            yield group
-        finally:
-            dist.destroy_process_group(group)
-        return
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=_COLLECTIVE_TIMEOUT)
-    try:
-        yield None
-    finally:
-        dist.destroy_process_group()
-
-
 def _training_wait(b: _Build, shares: list[list[int]]) -> datetime.timedelta:
     """How long a rank waits for the others to finish training: half an hour more than three times the
     largest share's estimated training time (the estimate is this project's cost model)."""
     return datetime.timedelta(seconds=1800 + 3 * max(sum(b.cost(i) for i in s) for s in shares))
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-# --------------------------------------------------------------------------------------------------
-# the build
-# --------------------------------------------------------------------------------------------------
 def _collect(b: _Build, done: dict, pending: list[int], t_start: float, workers: int, world: int) -> tuple[list[Checkpoint], dict]:
     """The build's checkpoints (ordered by configuration and epoch) and info, from ``done`` and the
     group files of groups trained elsewhere."""
@@ -726,7 +542,14 @@ def _check_workers(workers: "int | None") -> None:
 
 def _finisher(b: _Build, done: dict, progress: _Progress, on_group_done):
     def finished(i: int, meta: "dict | None") -> None:
-        got = _read_group(_group_path(b.build_dir, i), i, b.plan[i])
+        """Group ``i`` finished: trained here (``meta``), or by another rank (None: read from its file)."""
+        path = _group_path(b.build_dir, i)
+        got = _read_group(path, i, b.plan[i]) if path.exists() else None
+        if got is None and meta is None:
+            raise BuildError(
+                f"zoo build: group {i} was trained by another rank but {path} is missing or unreadable here: every "
+                "rank must build into the same folder (over several machines, a shared filesystem)"
+            )
         if got is None:
             raise CorruptFileError(f"zoo build: group {i} was written but cannot be read back")
         done[i] = got
@@ -740,26 +563,49 @@ def _finisher(b: _Build, done: dict, progress: _Progress, on_group_done):
 def _build(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save: bool):
     """Plan, train and collect a build (and save its zoo if ``save``); returns ``(checkpoints, info, zoo)``,
     or None on the ranks other than 0 of a launched world."""
+    from torch.multiprocessing.spawn import ProcessException
+
     t_start = time.perf_counter()
     _check_workers(workers)
-    world = _launched_world()
-    if world is not None:
-        return _build_as_rank(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done,
-                              save, t_start, *world)
+    if workers not in (None, 1) and distributed.launched_world_size() > 1:  # checked before joining the world
+        raise ConfigError(
+            f"workers={workers} under a launcher of {distributed.launched_world_size()} processes: the launched "
+            "processes already share the groups; drop --workers there, or launch more processes"
+        )
+    rank, size = distributed.world()
+    if size > 1:  # a launched world: every rank plans, rank 0 prepares the folder
+        if workers not in (None, 1):
+            raise ConfigError(f"workers={workers} inside a torch.distributed group of {size} processes: they already "
+                              "share the groups; use workers=1 there")
+        with contextlib.ExitStack() as stack:
+            return _build_as_rank(
+                lambda: _plan_build(task, preset, out, seed, n_configs, epochs, compile), lambda b: _prepare(b, stack),
+                rank, size, progress=progress, on_group_done=on_group_done, save=save, t_start=t_start, local=False,
+            )
+    # this process is rank 0 of `workers` local ranks: it prepares the folder before the others start
     _check_out_folder(Path(out), None)  # at once, before the task is loaded and the kernels are built
     b = _plan_build(task, preset, out, seed, n_configs, epochs, compile)
     with contextlib.ExitStack() as stack:
         done = _prepare(b, stack)
-        pending = [i for i in range(len(b.plan)) if i not in done]
-        n_workers = max(1, min(workers if workers is not None else _default_workers(), len(pending)))
-        bar = _Progress(b, progress, done, pending, f"zoo {b.task}/{b.preset.name}")
+        n = max(1, min(workers if workers is not None else _default_workers(), len(b.plan) - len(done)))
         try:
-            used = _train(b, pending, n_workers, bar, _finisher(b, done, bar, on_group_done))
-        finally:
-            bar.close()
-        checkpoints, info = _collect(b, done, pending, t_start, used if pending else 1, 1)
-        zoo = _save(b, checkpoints, info) if save else None
-    return checkpoints, info, zoo
+            with distributed.local_processes(n, _worker_main, (b.task, b.preset.to_dict(), str(b.out), b.seed, b.compile),
+                                             threads=1):
+                return _build_as_rank(lambda: b, lambda _: done, 0, n, progress=progress, on_group_done=on_group_done,
+                                      save=save, t_start=t_start, local=True)
+        except ProcessException as exc:  # a worker that died (killed, crashed) rather than failed a step
+            raise BuildError(
+                f"zoo build: worker rank {exc.error_index + 1} (pid {exc.error_pid}) failed; the groups finished so far "
+                f"are kept in {b.build_dir} and rerunning the build resumes from them.\n{exc.msg.strip()}"
+            ) from None
+
+
+def _worker_main(task: str, preset: dict, out: str, seed: int, compile: "bool | str") -> None:
+    """A local worker rank of a ``workers=N`` build (:func:`hubedit.distributed.local_processes`): plans the
+    build as rank 0 did and trains its share."""
+    rank, size = distributed.world()
+    _build_as_rank(lambda: _plan_build(task, ZooPreset(**preset), out, seed, None, None, compile), None, rank, size,
+                   progress=False, on_group_done=None, save=False, t_start=time.perf_counter(), local=True)
 
 
 def _save(b: _Build, checkpoints: list[Checkpoint], info: dict) -> "Zoo":
@@ -770,80 +616,66 @@ def _save(b: _Build, checkpoints: list[Checkpoint], info: dict) -> "Zoo":
     return zoo
 
 
-def _build_as_rank(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save,
-                   t_start, rank: int, world: int):
-    """One rank of a launched build: rank 0 checks and locks the folder and shares out the pending groups,
-    every rank trains its share, and rank 0 collects (and saves) the zoo. Each step ends with every rank
-    learning whether all succeeded; a failure anywhere raises on every rank."""
-    with _gloo_group(rank, world) as group, contextlib.ExitStack() as stack:
-        # 1. every rank plans the build; rank 0 prepares the folder and shares the pending groups out
-        setup: dict = {"error": None}
-        b, failure, done = None, None, {}
-        try:
-            b = _plan_build(task, preset, out, seed, n_configs, epochs, compile)
-            b.options["rank"] = rank
-            if rank == 0:
-                done = _prepare(b, stack)
-                pending = [i for i in range(len(b.plan)) if i not in done]
-                setup.update(
-                    shares=_assign(pending, [b.cost(i) for i in pending], world),
-                    pending=pending,
-                    manifest={k: b.manifest[k] for k in (*_CHECKED_FIELDS, "hubedit_version", "torch_version")},
-                    manifest_sha256=hashlib.sha256((b.build_dir / "manifest.json").read_bytes()).hexdigest(),
-                )
-        except Exception as exc:
-            failure = exc
-            setup = {"error": _error_text(exc)}
-        setup = _broadcast_json(setup, rank, group)
-        # 2. every rank checks it plans the same build and sees rank 0's folder
-        problem = None
-        if failure is not None:
-            problem = _error_text(failure)
-        elif rank != 0 and setup["error"] is None:
-            problem = _same_build(b, setup)
-        problems = _all_gather_json(problem, world, group)
-        if setup["error"] is not None or any(problems):
-            if failure is not None:
-                raise failure
-            raise BuildError("zoo build did not start: " + "; ".join(
-                f"rank {r}: {p}" for r, p in enumerate(problems) if p))
-        # 3. every rank trains its share (with --workers local processes if asked)
-        shares, pending = setup["shares"], setup["pending"]
-        bar = _Progress(b, progress and rank == 0, set(range(len(b.plan))) - set(pending), pending,
-                        f"zoo {b.task}/{b.preset.name} ({world} ranks)")
-        bar.watch = [i for r, share in enumerate(shares) if r != 0 for i in share]
-        status, used = None, 1
-        try:
-            used = _train(b, shares[rank], workers or 1, bar, _finisher(b, done, bar, on_group_done))
-        except Exception as exc:
-            failure, status = exc, _error_text(exc)
-            print(f"hubedit zoo build: rank {rank} failed ({status}); the other ranks finish their groups, which "
-                  "a rerun then resumes from", file=sys.stderr, flush=True)
-        import torch.distributed as dist
-
-        dist.monitored_barrier(group=group, timeout=_training_wait(b, shares), wait_all_ranks=True)
-        statuses = _all_gather_json(status, world, group)
-        if not any(statuses):
-            bar.look(every=0.0)
-        bar.close()
-        if any(statuses):
-            if failure is not None:
-                raise failure
-            raise BuildError("zoo build: " + "; ".join(f"rank {r} failed: {s}" for r, s in enumerate(statuses) if s))
-        # 4. rank 0 collects (and saves) the zoo and tells the others how that went
-        result, outcome = None, None
+def _build_as_rank(plan: Callable[[], _Build], prepare: "Callable[[_Build], dict] | None", rank: int, size: int, *,
+                   progress: bool, on_group_done, save: bool, t_start: float, local: bool):
+    """One rank's part of a build (alone, all of it); ``local``: the ranks are this machine's ``workers``, else
+    a launched world's. Every rank plans the build (``plan()``), rank 0 ``prepare``s the folder (checks, locks,
+    writes the manifest; returns the finished groups) and shares out the pending groups; every rank checks it
+    plans rank 0's build, trains its share, and rank 0 collects (and saves) the zoo. Each step ends with every
+    rank learning whether all succeeded: a failure anywhere raises on every rank. Returns ``(checkpoints, info,
+    zoo)`` on rank 0, None on the others."""
+    # 1. every rank plans the build; rank 0 prepares the folder and shares the pending groups out
+    b, done, setup = None, {}, None
+    with distributed.all_succeed("zoo build did not start", error=BuildError):
+        b = plan()
+        if size > 1:
+            b.options["rank"] = rank  # which rank trained a group (its file's metadata)
         if rank == 0:
+            done = prepare(b)
+            pending = [i for i in range(len(b.plan)) if i not in done]
+            weights = [b.cost(i) for i in pending] if size > 1 else None
+            setup = dict(
+                shares=[[pending[k] for k in share] for share in distributed.shares(len(pending), size, weights=weights)],
+                pending=pending,
+                manifest={k: b.manifest[k] for k in (*_CHECKED_FIELDS, "hubedit_version", "torch_version")},
+                manifest_sha256=hashlib.sha256((b.build_dir / "manifest.json").read_bytes()).hexdigest(),
+            )
+    setup = distributed.broadcast(setup)
+    # 2. every rank checks it plans the same build and sees rank 0's folder
+    with distributed.all_succeed("zoo build did not start", error=BuildError):
+        problem = _same_build(b, setup) if rank != 0 else None
+        if problem is not None:
+            raise BuildError(f"zoo build: rank {rank} {problem}")
+    # 3. every rank trains its share; rank 0 counts the others' groups as their files appear
+    shares, pending = setup["shares"], setup["pending"]
+    bar = _Progress(b, progress and rank == 0, set(range(len(b.plan))) - set(pending), pending,
+                    f"zoo {b.task}/{b.preset.name}" + (f" ({size} processes)" if size > 1 else ""))
+    others = [i for r, share in enumerate(shares) if r != 0 for i in share] if rank == 0 else []
+    bar.watch = list(others)
+    finished = _finisher(b, done, bar, on_group_done)
+    try:
+        with bar.watching(), distributed.all_succeed("zoo build", error=BuildError,
+                                                      timeout=_training_wait(b, shares) if size > 1 else None):
             try:
-                checkpoints, info = _collect(b, done, pending, t_start, used, world)
-                result = checkpoints, info, (_save(b, checkpoints, info) if save else None)
+                for i in shares[rank]:
+                    meta = _train_and_save(*b.job(i), on_epoch=lambda epoch, n_models, i=i: bar.epoch(i, n_models))
+                    finished(i, meta)
             except Exception as exc:
-                failure, outcome = exc, _error_text(exc)
-        outcome = _broadcast_json(outcome, rank, group)
-        if failure is not None:
-            raise failure
-        if outcome is not None:
-            raise BuildError(f"zoo build: rank 0 could not assemble the zoo: {outcome}")
-        return result
+                if size > 1:
+                    print(f"hubedit zoo build: rank {rank} failed ({type(exc).__name__}: {exc}); the other ranks finish "
+                          "their groups, which a rerun then resumes from", file=sys.stderr, flush=True)
+                raise
+        # 4. rank 0 collects (and saves) the zoo, and every rank learns how that went
+        result = None
+        with distributed.all_succeed("zoo build: assembling the zoo", error=BuildError):
+            if rank == 0:
+                for i in others:  # trained by the other ranks, all finished now
+                    finished(i, None)
+                checkpoints, info = _collect(b, done, pending, t_start, size if local else 1, 1 if local else size)
+                result = checkpoints, info, (_save(b, checkpoints, info) if save else None)
+    finally:
+        bar.close()
+    return result
 
 
 def _same_build(b: _Build, setup: dict) -> "str | None":
@@ -879,8 +711,9 @@ def build_checkpoints(
 ) -> "tuple[list[Checkpoint], dict] | None":
     """Everything :func:`build_zoo` does except creating and saving the :class:`Zoo`: returns the
     checkpoints (ordered by configuration and epoch) and the build info; None on the ranks other than 0
-    of a launched build. ``on_group_done(index, meta)`` is called as each group this process (or its
-    workers) trained finishes."""
+    of a launched build. ``on_group_done(index, meta)`` is called as each group this process trains
+    finishes, and on rank 0 for each group the other ranks (``workers``, or a launched world's) trained,
+    once all have finished."""
     got = _build(task, preset, out, seed, progress, n_configs, epochs, workers, compile, on_group_done, save=False)
     return None if got is None else got[:2]
 
@@ -901,9 +734,10 @@ def build_zoo(
     see the module docstring), save the :class:`~hubedit.zoo.Zoo` to ``out`` and return it.
 
     ``n_configs`` / ``epochs`` override the preset (checkpoints move with ``epochs``). ``workers``:
-    training processes on this machine (default: the cores available to this process, at most one per
-    pending group; 1 per rank of a launched build). Under ``torchrun`` / ``accelerate launch`` the ranks
-    share the groups and rank 0 saves the zoo; the other ranks return None (see the module docstring).
+    training processes on this machine, this one included (default: the cores available to this process, at
+    most one per pending group; ``1`` trains here alone). Under ``torchrun`` / ``accelerate launch`` the
+    launched processes share the groups (``workers`` other than 1 is refused there) and rank 0 saves the zoo;
+    the other ranks return None (see the module docstring).
     ``out`` must be new, empty, or an earlier build's folder with the same settings (other files a build
     would replace are refused with ``FileExistsError``; a folder another build holds, with
     :class:`BuildLockedError`). ``compile``: ``"auto"`` or False (the whole-step kernel where it is built;
