@@ -109,9 +109,10 @@ def _install_timeout_hook() -> None:
 def timeouts() -> Iterator[float | None]:
     """Bound every Hub request sent inside the block, from any thread, by :func:`hub_timeout` seconds (yielded).
 
-    Every Hub call hubedit makes runs inside it (:func:`snapshot`, :func:`publish_folder`, :func:`committing`,
-    card validation). A request that runs out of time raises the client's ``httpx2.TimeoutException``, which
-    those callers turn into a :class:`HubError`."""
+    Every Hub call hubedit makes runs inside it (:func:`reading` -- :func:`snapshot` and editor loading --,
+    :func:`publish_folder`, :func:`committing`, card validation, the quickstart's calls). A request that runs
+    out of time raises the client's ``httpx2.TimeoutException``, which those callers turn into a
+    :class:`HubError`."""
     global _calls_in_flight, _timeout_in_force
     seconds = hub_timeout()
     with _timeout_lock:
@@ -294,12 +295,17 @@ def snapshot(
     revision: str | None = None,
     allow_patterns: list[str] | None = None,
     token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
 ) -> tuple[Path, str]:
     """Download (or, offline, find in the cache) a repo snapshot; returns ``(folder, commit_sha)``.
 
-    Every failure is a :class:`HubError` (:class:`HubNotFoundError` for a missing repo or revision) naming the
-    repo, revision and endpoint -- including an invalid repo id and an endpoint that does not answer within
-    :func:`hub_timeout` seconds (see :func:`reading`)."""
+    ``cache_dir``, ``force_download`` and ``local_files_only`` are the client's. The revision is resolved by one
+    request that is not retried; an endpoint that cannot be reached (or does not answer in time) falls back on
+    the cache. Every failure is a :class:`HubError` (:class:`HubNotFoundError` for a missing repo or revision)
+    naming the repo, revision and endpoint -- including an invalid repo id and an endpoint that does not answer
+    within :func:`hub_timeout` seconds (see :func:`reading`)."""
     from huggingface_hub import snapshot_download
 
     with reading(describe_repo(repo_id, repo_type, revision)) as seconds:
@@ -307,6 +313,7 @@ def snapshot(
         folder = Path(
             snapshot_download(
                 repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns, token=token,
+                cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                 library_name="hubedit", **limits,
             )
         )
@@ -389,9 +396,10 @@ def _create_repo(api, repo_id: str, repo_type: str, private: bool | None) -> tup
         status = exc.response.status_code if exc.response is not None else None
         if status == 409:
             try:
-                url = exc.response.json().get("url")
+                body = exc.response.json()
             except ValueError:  # not JSON
-                url = None
+                body = None
+            url = body.get("url") if isinstance(body, dict) else None
             return False, _answered_repo_id(url, repo_id)
         if status in (401, 402, 403) and api.repo_exists(repo_id, repo_type=repo_type):
             return False, repo_id
@@ -408,7 +416,8 @@ def _answered_repo_id(url, asked: str) -> str:
         answered = url.repo_id if isinstance(url, RepoUrl) else RepoUrl(url, endpoint=endpoint()).repo_id
     except Exception:  # noqa: BLE001 -- an answer without a usable URL: keep the id that was asked for
         return asked
-    return answered if answered and answered.endswith(asked.rsplit("/", 1)[-1]) else asked
+    same_name = bool(answered) and answered.rsplit("/", 1)[-1] == asked.rsplit("/", 1)[-1]
+    return answered if same_name else asked
 
 
 def _create_branch(api, repo_id: str, repo_type: str, branch: str) -> bool:
@@ -460,7 +469,7 @@ def _undo(api, repo_id: str, repo_type: str, branch: str | None, created: list[s
 
 @contextmanager
 def committing(what: str) -> Iterator[None]:
-    """Run a publish (e.g. the hub mixin's ``push_to_hub``) with :func:`timeouts`, raising the Hub's failures
+    """Run a publish (e.g. a hub mixin's ``push_to_hub``) with :func:`timeouts`, raising the Hub's failures
     inside the block -- HTTP errors, LFS upload or verify failures, offline mode, connection errors and timeouts
     -- as a :class:`HubError` that names ``what`` (see :func:`describe_repo`) and says nothing was committed.
 

@@ -229,13 +229,15 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     steps.start("hub", "Hub: checking the endpoint")
     from huggingface_hub import HfApi
 
+    from .hub import HubError, timeouts
+
     api = HfApi(token=hub.token)
     try:  # the embedded server takes any token; the client wants one for whoami
-        user = api.whoami(token=hub.token or ("hubedit-quickstart" if hub.embedded else None))["name"]
+        with timeouts():  # bounded by HUBEDIT_HUB_TIMEOUT, as every Hub call of the quickstart
+            user = api.whoami(token=hub.token or ("hubedit-quickstart" if hub.embedded else None))["name"]
     except Exception as exc:
-        from .hub import HubError
-
-        raise HubError(f"the Hub at {hub.endpoint} did not answer whoami ({exc}); check the endpoint and token") from exc
+        raise HubError(f"the Hub at {hub.endpoint} did not answer whoami ({type(exc).__name__}: {exc}); check the "
+                       "endpoint and token") from exc
     if namespace is None:
         namespace = EMBEDDED_NAMESPACE if hub.embedded else user
     if private is None:
@@ -259,19 +261,18 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     zoo_commit = zoo_local.push_to_hub(repos["zoo"], private=private, token=hub.token).oid
     import datasets
 
-    ds = datasets.load_dataset(repos["zoo"], revision=zoo_commit)
+    with timeouts():
+        ds = datasets.load_dataset(repos["zoo"], revision=zoo_commit, token=hub.token)
     n_rows = {k: len(v) for k, v in ds.items()}
     zoo = Zoo.from_hub(repos["zoo"], revision=zoo_commit, token=hub.token)
     steps.done(f"{len(zoo)} checkpoints; {repos['zoo']} @ {zoo_commit[:10]}; load_dataset rows {n_rows}")
 
     # --- 3-4. editor
-    from .train import train_editor
-
     ec = dict(cfg["editor"])
     requirement, variant, lam = ec.pop("requirement"), ec.pop("variant"), ec.pop("lam")
     steps.start("train", f"Editor: training a {variant} editor (lambda={lam}, {ec['steps']} steps) on the zoo")
-    trained = train_editor(zoo, requirement, variant=variant, lam=lam, out=out / "editor", progress=progress and not quiet,
-                           **ec)
+    editor_dir, trained = _train_editor_in(out, zoo, requirement, variant=variant, lam=lam,
+                                           progress=progress and not quiet, say=say, **ec)
     vf = trained.settings["validation_front"]
     steps.done("validation: " + ", ".join(f"weights kept {p['metric']:.3f}, JSD {p['jsd']:.4f}" for p in vf))
 
@@ -333,7 +334,7 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
                        "url": web(repos["edited"], "model", commit.oid)},
         },
         "zoo": {"checkpoints": len(zoo), "load_dataset_rows": n_rows},
-        "editor": {"validation_front": vf},
+        "editor": {"validation_front": vf, "folder": str(editor_dir)},
         "edited": {
             "original": ckpt.model_id,
             "before": {k: before[k] for k in ("accuracy", "eod", "weights_kept")},
@@ -350,6 +351,24 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     if not quiet:
         print(_summary_text(summary), flush=True)
     return summary
+
+
+def _train_editor_in(out: Path, zoo, requirement: str, *, say, **train_kwargs) -> tuple[Path, Any]:
+    """Train the quickstart's editor in ``out/editor``, resuming the run there when it is this one (a rerun); an
+    earlier run of other settings (another Hub's zoo, other sizes) is kept, and this one trains in the first
+    ``out/editor-N`` free for it. Returns ``(folder, editor)``."""
+    from .train import train_editor
+    from .train.loop import NotResumableError
+
+    folder = out / "editor"
+    for n in range(2, 1000):
+        try:
+            return folder, train_editor(zoo, requirement, out=folder, resume=True, **train_kwargs)
+        except (NotResumableError, FileExistsError):  # raised before anything is written
+            kept, folder = folder, out / f"editor-{n}"
+            say(f"      note: {kept} holds an earlier run of other settings, kept as it is; this one trains in "
+                f"{folder}")
+    raise FileExistsError(f"{out} holds 999 editor folders of earlier runs; give the quickstart another --out")
 
 
 def _check_onnx(path: Path, edited, task) -> dict:
@@ -403,7 +422,7 @@ def _summary_text(s: dict) -> str:
         f"  card          {e['card']}",
         f"  Pareto plot   {e['plot']}",
         f"  edited model  {e['folder']}/ (model.safetensors, model.onnx, config.json, metrics.json)",
-        f"  editor        {s['out']}/editor/ (README.md, pareto.png, config.json)",
+        f"  editor        {s['editor']['folder']}/ (README.md, pareto.png, config.json)",
         f"  summary       {s['out']}/quickstart.json",
         f"  repos         {r['edited']['url']}",
         f"                {r['editor']['url']}",

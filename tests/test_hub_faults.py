@@ -53,7 +53,7 @@ def test_lfs_failure_is_a_hub_error_naming_the_repo(kind, hub_server, hf_api, hu
     assert hf_api.repo_info(hub_repo_id).sha == head
     assert any(r.startswith("PUT /api/lfs/upload/") for r in hub_server.request_log)  # it did go through LFS
 
-    # the hub mixin's push (Editor.push_to_hub) runs inside `committing`: the same failure, the same error type
+    # `committing` (any publishing block): the same failure, the same error type
     (folder / "weights.bin").write_bytes(os.urandom(4096))  # new bytes: a stored blob would skip upload and verify
     hub_server.fail_next(kind, status=403, message=f"injected {kind} failure")
     with pytest.raises(HubError, match=f"(?s){hub_repo_id}.*nothing was committed.*injected {kind} failure"):
@@ -166,7 +166,7 @@ def test_pushes_to_a_silent_endpoint_time_out(silent_endpoint, folder, tmp_path)
         publish_folder(folder, "org/never-answered", commit_message="x")
     assert time.monotonic() - start < FAST
 
-    start = time.monotonic()  # the hub mixin's push (Editor.push_to_hub) runs inside `committing`
+    start = time.monotonic()  # any publishing block inside `committing`
     with pytest.raises(HubError, match="did not answer within"):
         with committing(describe_repo("org/never-answered", "model", None)):
             HfApi().create_repo("org/never-answered", exist_ok=True)

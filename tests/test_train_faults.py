@@ -146,3 +146,49 @@ def test_two_processes_validate_and_push_once_from_the_main_process(
     metric, jsd = evaluate_edits(saved.metanet, saved.requirement, graphs, X, y, s, lam=0.1, lam_range=None)
     assert point["lam"] == 0.1 and point["metric"] == float(metric.mean())
     assert point["jsd"] == pytest.approx(float(jsd.mean()), rel=1e-6)  # thread counts may change the last bits
+
+
+def _train_argv(zoo_dir, out, *extra) -> list[str]:
+    return ["train", "--zoo", str(zoo_dir), "--requirement", "minimise", "--lambda", "0.2", "--out", str(out),
+            "--steps", "2", "--models-per-step", "4", "--points-per-step", "128", "--hidden", "16", "--layers", "2",
+            "--eval-every", "2", "--seed", "0", "--no-progress", *extra]
+
+
+def test_training_into_an_earlier_run_without_resume_is_refused(
+    tiny_adult_zoo, tiny_adult_zoo_dir, checkpointed, tmp_path, capsys, monkeypatch
+):
+    """Its checkpoint, log and editor are kept, and the refusal comes before anything is trained."""
+    import shutil
+
+    import hubedit.train.loop as loop
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "_graphs", no_training)
+    out = shutil.copytree(checkpointed, tmp_path / "run")
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=r"already holds a training run's files: checkpoint/ \(a resumable run\), "
+                                              r"train_log.jsonl, config.json, model.safetensors, README.md.*"
+                                              r"Pass --resume \(resume=True\) to continue that run"):
+        train_editor(tiny_adult_zoo, "minimise", lam=0.2, out=out, steps=2, seed=0, progress=False, **FAST)
+    assert main(_train_argv(tiny_adult_zoo_dir, out)) == 2
+    assert "already holds a training run's files" in capsys.readouterr().err
+    shutil.rmtree(out / "checkpoint")  # an editor without its checkpoint: nothing to resume, and not overwritten
+    with pytest.raises(FileExistsError, match="cannot resume in .* holds an editor .* but no checkpoint"):
+        train_editor(tiny_adult_zoo, "minimise", lam=0.2, out=out, steps=2, seed=0, resume=True, progress=False,
+                     **FAST)
+    assert _snapshot(out) == {k: v for k, v in before.items() if k.parts[0] != "checkpoint"}
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file"):
+        train_editor(tiny_adult_zoo, "minimise", lam=0.2, out=tmp_path / "a-file", steps=2, progress=False, **FAST)
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_resume_without_a_checkpoint_starts_afresh_with_a_note(tiny_adult_zoo_dir, tmp_path, capsys):
+    out = tmp_path / "new"
+    assert main(_train_argv(tiny_adult_zoo_dir, out, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"note: --resume: {out} holds no checkpoint" in err and "starting a fresh run" in err
+    assert Editor.from_pretrained(out).settings["training"]["steps"] == 2
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]

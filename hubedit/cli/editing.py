@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lambda", dest="lam", type=float, help="trade-off weight of the requirement term")
     g.add_argument("--lambda-range", dest="lam_range", type=_lam_range, metavar="LOW,HIGH",
                    help="train one lambda-conditioned editor over this range (lambda chosen at edit time)")
-    t.add_argument("--out", required=True, help="output folder (save_pretrained layout + checkpoint/)")
+    t.add_argument("--out", required=True,
+                   help="output folder (save_pretrained layout + checkpoint/ + train_log.jsonl); one that holds an "
+                        "earlier run is refused unless --resume continues it")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--models-per-step", type=int, default=32)
     t.add_argument("--points-per-step", type=int, default=512)
@@ -42,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--zoo-fraction", type=float, default=1.0, help="train on this fraction of the zoo's train split")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run checkpointed in OUT/checkpoint (same settings; --steps may grow); "
+                        "without a checkpoint there, start afresh")
     t.add_argument("--push", metavar="REPO_ID", default=None, help="publish the trained editor")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
@@ -68,9 +72,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from ..train import train_editor
+    from ..train.loop import check_out_folder, has_checkpoint
     from ..zoo import Zoo
 
+    check_out_folder(args.out, args.resume)  # before the zoo is opened (it may be downloaded)
+    if args.resume and not has_checkpoint(args.out) and os.environ.get("RANK", "0") == "0":
+        print(f"note: --resume: {args.out} holds no checkpoint (checkpoint/state.json) to continue from; "
+              "starting a fresh run", file=sys.stderr, flush=True)
     zoo = Zoo.open(args.zoo, revision=args.zoo_revision)
     editor = train_editor(
         zoo, args.requirement, variant=args.variant, lam=args.lam, lam_range=args.lam_range, out=args.out,

@@ -13,8 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,13 +276,47 @@ class Editor(
 
         return build_editor_card(self, **kwargs)
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """The mixin's ``push_to_hub`` (weights, config and card in one commit), with Hub and connection
-        failures raised as :class:`hubedit.hub.HubError` naming the repo and endpoint (the repo is unchanged)."""
-        from ..hub import committing, describe_repo
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        branch: str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        config: dict | None = None,
+        **unsupported: Any,
+    ):
+        """Publish the editor to the Hub model repo ``repo_id`` (created if needed), on ``branch`` (created from
+        main if needed; default main), in ONE commit: what ``save_pretrained`` writes -- ``model.safetensors``,
+        ``config.json``, the card ``README.md`` and its ``pareto.png``. Returns the ``CommitInfo``.
 
-        with committing(describe_repo(repo_id, "model", kwargs.get("branch"))):
-            return super().push_to_hub(repo_id, *args, **kwargs)
+        It goes through :func:`hubedit.hub.publish_folder`: a failure is a :class:`hubedit.hub.HubError` naming
+        the repo and endpoint and saying what state the Hub is in -- nothing committed, and a repo or branch this
+        push created deleted again (one that existed before is never touched). ``model_card_kwargs`` go to the
+        card (``{"repo_id": ...}`` names the repo in its usage snippet); ``config`` is what the mixin's
+        ``save_pretrained(push_to_hub=True)`` passes on (an editor's ``config.json`` is always its settings)."""
+        import tempfile
+
+        from ..hub import publish_folder
+
+        if unsupported:
+            mixin_only = sorted(set(unsupported) & {"create_pr", "allow_patterns", "ignore_patterns",
+                                                    "delete_patterns"})
+            if mixin_only:
+                raise ConfigError(
+                    f"Editor.push_to_hub publishes every file of the editor in one commit to a branch; "
+                    f"{', '.join(mixin_only)} {'is' if len(mixin_only) == 1 else 'are'} not supported"
+                )
+            raise TypeError(f"Editor.push_to_hub() got unexpected keyword arguments {sorted(unsupported)}")
+        message = commit_message or (
+            f"Upload {self.settings['requirement']} editor ({self.settings['variant']}) for {self.task} with hubedit"
+        )
+        with tempfile.TemporaryDirectory(prefix="hubedit-editor-push-") as tmp:
+            self.save_pretrained(tmp, config=config, model_card_kwargs=model_card_kwargs)
+            return publish_folder(tmp, repo_id, repo_type="model", revision=branch, commit_message=message,
+                                  token=token, private=private, create_branch=branch is not None)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's saving hook: ``model.safetensors`` (with the weight-bound settings in its metadata, so
@@ -316,8 +349,10 @@ class Editor(
         ``{"path"}`` or ``{"repo_id", "revision"}`` with the resolved commit sha.
 
         A mistyped local path, a missing repo or revision, or a file not in the cache with
-        ``local_files_only=True`` is a :class:`hubedit.hub.HubError` naming the repo and endpoint."""
-        from ..hub import describe_repo, local_folder_or_repo_id
+        ``local_files_only=True`` is a :class:`hubedit.hub.HubError` naming the repo and endpoint; every Hub
+        request is bounded by ``HUBEDIT_HUB_TIMEOUT`` (:func:`hubedit.hub.reading`), an unreachable endpoint
+        falling back on the cache."""
+        from ..hub import describe_repo, local_folder_or_repo_id, reading
 
         folder = local_folder_or_repo_id(pretrained_model_name_or_path, "editor")
         if folder is not None and revision is not None:
@@ -326,8 +361,14 @@ class Editor(
                 "pass the repo id to load a revision"
             )
         name = str(folder if folder is not None else pretrained_model_name_or_path)
+        if folder is None:
+            # both files fetched here, every request bounded by hubedit's Hub timeout; the mixin and the loading
+            # hook then find them in the cache at the commit the revision resolved to, without asking the Hub again
+            revision = _fetch_editor_files(name, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                           local_files_only=local_files_only, token=token)
+            force_download = False
         what = f"local folder {name!r}" if folder is not None else describe_repo(name, "model", revision)
-        with _hub_reading(what, CONFIG_NAME):
+        with reading(what, CONFIG_NAME):
             try:  # the mixin reads config.json itself before calling _from_pretrained
                 return super().from_pretrained(
                     name, revision=revision, cache_dir=cache_dir, force_download=force_download,
@@ -359,8 +400,6 @@ class Editor(
     ) -> "Editor":
         """The mixin's loading hook (see :meth:`from_pretrained`). ``model_kwargs`` are the ``__init__``
         arguments the mixin read from ``config.json``; they may not be overridden."""
-        from huggingface_hub import hf_hub_download
-
         from ..hub import describe_repo
 
         if strict is not True:
@@ -380,16 +419,12 @@ class Editor(
                 raise CorruptFileError(f"{where}: no {WEIGHTS_NAME}; hubedit loads safetensors weights only")
         else:
             where = describe_repo(model_id, "model", revision)
-            fetch = dict(repo_id=model_id, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-                         library_name="hubedit")
-            # config.json first (the mixin fetched it already, force_download included): its snapshot folder is
-            # named by the commit the revision resolved to; the weights are then fetched at that very commit
-            with _hub_reading(where, CONFIG_NAME):
-                config_path = Path(hf_hub_download(filename=CONFIG_NAME, revision=revision, **fetch))
+            fetch = dict(repo_id=model_id, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+            # config.json first (from_pretrained fetched it already, force_download included): its snapshot folder
+            # is named by the commit the revision resolved to; the weights are then fetched at that very commit
+            config_path = _download(where, CONFIG_NAME, revision=revision, **fetch)
             sha = config_path.parent.name
-            with _hub_reading(where, WEIGHTS_NAME):
-                weights_path = Path(hf_hub_download(filename=WEIGHTS_NAME, revision=sha, force_download=force_download,
-                                                    **fetch))
+            weights_path = _download(where, WEIGHTS_NAME, revision=sha, force_download=force_download, **fetch)
             source = {"repo_id": model_id, "revision": sha}
         settings = _read_settings(config_path, where)
         for key, value in model_kwargs.items():  # the mixin passes config.json's values; anything else is an override
@@ -403,44 +438,42 @@ class Editor(
         return editor.to(device).eval()
 
 
-@contextmanager
-def _hub_reading(what: str, filename: str) -> Iterator[None]:
-    """The client's failures while fetching ``filename`` of ``what`` as hubedit errors: a missing repo or
-    revision is :class:`~hubedit.hub.HubNotFoundError`, a missing file :class:`CorruptFileError` (not an
-    editor), no connection or nothing cached with ``local_files_only`` :class:`~hubedit.hub.HubError`."""
-    import httpx2
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+def _fetch_editor_files(repo_id: str, *, revision: str | None, cache_dir, force_download: bool,
+                        local_files_only: bool, token: str | bool | None) -> str:
+    """Download (or, offline, find in the cache) the ``config.json`` and weights of the editor repo ``repo_id`` at
+    ``revision`` with :func:`hubedit.hub.snapshot` -- the revision resolved by one request bounded by hubedit's Hub
+    timeout and not retried, an unreachable endpoint falling back on the cache -- and return the commit sha."""
+    from huggingface_hub import constants
 
-    from ..hub import HubError, HubNotFoundError, timeouts
+    from ..hub import describe_repo, snapshot
 
-    try:
-        with timeouts():  # every request bounded by hubedit's Hub timeout
-            yield
-    except RepositoryNotFoundError as exc:
-        raise HubNotFoundError(f"{what}: no such repo (check the id, and a token for private repos)") from exc
-    except RevisionNotFoundError as exc:
-        raise HubNotFoundError(f"{what}: no such revision (branch, tag or commit)") from exc
-    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError, its base
-        raise HubError(
-            f"{what}: {filename} is not in the local cache, and downloading is off (local_files_only=True or "
-            f"HF_HUB_OFFLINE=1); load it once online first ({exc})"
-        ) from exc
-    except EntryNotFoundError as exc:
-        hint = "hubedit loads safetensors weights only" if filename == WEIGHTS_NAME else "is this a hubedit editor?"
-        raise CorruptFileError(f"{what}: no {filename} in the repo ({hint})") from exc
-    except OfflineModeIsEnabled as exc:
-        raise HubError(f"{what}: not reachable and not in the local cache ({exc})") from exc
-    except HfHubHTTPError as exc:
-        raise HubError(f"{what}: the Hub answered with an error: {exc}") from exc
-    except httpx2.TransportError as exc:  # no connection, or no answer within the timeout
-        raise HubError(f"{what}: the endpoint is unreachable or did not answer ({type(exc).__name__}: {exc})") from exc
+    folder, sha = snapshot(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], token=token,
+                           cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only)
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        # not in the repo (a 404: CorruptFileError), or not in a cache the client could not check (HubError)
+        fetch = dict(repo_id=repo_id, cache_dir=cache_dir, token=token,
+                     local_files_only=local_files_only or constants.HF_HUB_OFFLINE)
+        _download(describe_repo(repo_id, "model", revision), missing[0], revision=sha, **fetch)
+    return sha
+
+
+def _download(where: str, filename: str, **fetch: Any) -> Path:
+    """``hf_hub_download`` of one file of an editor repo, bounded by hubedit's Hub timeout, its failures mapped
+    by :func:`hubedit.hub.reading` -- but a file the repo does not have is a :class:`CorruptFileError`: the repo
+    is not a (safetensors) hubedit editor."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    from ..hub import reading
+
+    with reading(where, filename) as seconds:
+        limits = {"etag_timeout": seconds} if seconds is not None else {}  # the metadata (HEAD) request too
+        try:
+            return Path(hf_hub_download(filename=filename, library_name="hubedit", **limits, **fetch))
+        except RemoteEntryNotFoundError as exc:
+            hint = "hubedit loads safetensors weights only" if filename == WEIGHTS_NAME else "is this a hubedit editor?"
+            raise CorruptFileError(f"{where}: no {filename} in the repo ({hint})") from exc
 
 
 def _usable_device(map_location: str | torch.device) -> torch.device:

@@ -77,6 +77,48 @@ def _objective(metric: torch.Tensor, jsd: torch.Tensor, lam: float, scale: float
 
 
 RESUMABLE_CHANGES = ("steps",)  # what a resumed run may change: train for more (or as many) steps
+CHECKPOINT_DIR = "checkpoint"  # in ``out``: the run's checkpoint (state.json, editor / optimizer / best tensors)
+LOG_NAME = "train_log.jsonl"  # in ``out``: one JSON line per step
+EDITOR_FILES = ("config.json", "model.safetensors", "README.md", "pareto.png")  # in ``out``: save_pretrained's
+
+
+def has_checkpoint(out: str | os.PathLike) -> bool:
+    """``out`` holds a run's checkpoint that ``resume=True`` continues (``checkpoint/state.json``)."""
+    return (Path(out) / CHECKPOINT_DIR / "state.json").is_file()
+
+
+def check_out_folder(out: str | os.PathLike, resume: bool) -> None:
+    """Refuse an output folder where training would overwrite an earlier run's files, before anything is built.
+
+    Without ``resume``, ``out`` must hold none of them: a checkpoint, a (non-empty) training log, an editor.
+    With ``resume``, a checkpoint is continued; without one the run starts afresh, which may replace the log
+    and checkpoint files of a run stopped before its first checkpoint -- but not an editor. Raises
+    :class:`FileExistsError` naming what is there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"the output folder {out} is a file; give a new folder, or an earlier run's to resume")
+    if not out.is_dir() or (resume and has_checkpoint(out)):
+        return
+    editor = [name for name in EDITOR_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if resume:
+        if editor:
+            raise FileExistsError(
+                f"cannot resume in {out}: it holds an editor ({', '.join(editor)}) but no checkpoint to continue from "
+                f"({CHECKPOINT_DIR}/state.json); training afresh would overwrite it. Train into another folder, or "
+                "move the editor away first"
+            )
+        return
+    ckpt, log = out / CHECKPOINT_DIR, out / LOG_NAME
+    found = list(editor)
+    if log.is_symlink() or (log.exists() and (not log.is_file() or log.stat().st_size > 0)):
+        found.insert(0, LOG_NAME)
+    if ckpt.is_symlink() or (ckpt.exists() and (not ckpt.is_dir() or any(ckpt.iterdir()))):
+        found.insert(0, f"{CHECKPOINT_DIR}/" + (" (a resumable run)" if has_checkpoint(out) else ""))
+    if found:
+        raise FileExistsError(
+            f"{out} already holds a training run's files: {', '.join(found)}; training afresh would overwrite them. "
+            "Pass --resume (resume=True) to continue that run, or train into another folder"
+        )
 
 
 def _run_settings(cfg: EditorTrainingConfig, zoo, world: int) -> dict:
@@ -90,23 +132,28 @@ def _run_settings(cfg: EditorTrainingConfig, zoo, world: int) -> dict:
     return json.loads(json.dumps(settings, default=str))  # JSON's view: tuples are lists
 
 
+class NotResumableError(ConfigError):
+    """``resume=True`` met a checkpoint that these settings cannot continue (another run's, or unreadable);
+    raised before anything is built or written."""
+
+
 def _check_same_run(ckpt_dir: Path, current: dict) -> None:
     """Refuse to resume the run checkpointed in ``ckpt_dir`` with other settings: the output would carry the
     new settings' labels over the old run's weights and validation front."""
     try:
         state = json.loads((ckpt_dir / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot resume: {ckpt_dir / 'state.json'} does not read as JSON ({exc})") from exc
-    recorded = state.get("run")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotResumableError(f"cannot resume: {ckpt_dir / 'state.json'} does not read as JSON ({exc})") from exc
+    recorded = state.get("run") if isinstance(state, dict) else None
     if not isinstance(recorded, dict):
-        raise ConfigError(
+        raise NotResumableError(
             f"cannot resume from {ckpt_dir}: the checkpoint does not record its run's settings (an older hubedit "
             "wrote it), so a resumed run could not be checked to be the same run; train afresh in a new --out folder"
         )
     differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if differ:
         changes = "; ".join(f"{k}: {recorded.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ)
-        raise ConfigError(
+        raise NotResumableError(
             f"--resume continues the run checkpointed in {ckpt_dir}, but these settings differ from it: {changes}. "
             "Resume with the run's own settings (only the number of steps may change), or train afresh in a new "
             "--out folder"
@@ -173,7 +220,10 @@ def train_editor(
     Give ``lam`` for one trade-off, or ``lam_range=(low, high)`` for a lambda-conditioned editor that
     takes lambda at edit time. Other keyword arguments are :class:`EditorTrainingConfig` fields. With
     ``out``, the best editor is saved there (``save_pretrained`` layout) and checkpoints go to
-    ``out/checkpoint`` (``resume=True`` continues from it). Returns the best editor (on every process).
+    ``out/checkpoint`` (``resume=True`` continues from it, with the same settings but ``steps``; without a
+    checkpoint there it starts afresh). A folder that holds an earlier run's files is refused with
+    :class:`FileExistsError` unless ``resume`` continues that run (:func:`check_out_folder`), before anything
+    is trained. Returns the best editor (on every process).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -184,6 +234,8 @@ def train_editor(
         lam_range=None if lam_range is None else tuple(float(v) for v in lam_range), **hyper,
     )
     cfg.validate()
+    if out is not None:
+        check_out_folder(out, resume)  # on every process, before any of them writes
     if accelerator is None:
         accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
@@ -191,10 +243,12 @@ def train_editor(
         )
     rank, world = accelerator.process_index, accelerator.num_processes
     run = _run_settings(cfg, zoo, world)
-    ckpt_dir = Path(out) / "checkpoint" if out is not None else None
-    resuming = bool(resume and ckpt_dir is not None and (ckpt_dir / "state.json").is_file())
+    ckpt_dir = Path(out) / CHECKPOINT_DIR if out is not None else None
+    resuming = bool(resume and out is not None and has_checkpoint(out))
     if resuming:
         _check_same_run(ckpt_dir, run)  # before anything is built or written
+    if out is not None:
+        accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     torch.manual_seed(cfg.seed)
     task = zoo.task
     train_split = zoo["train"]
@@ -228,7 +282,7 @@ def train_editor(
         start_step, best = meta["step"], meta["best"]
     if out is not None and accelerator.is_main_process:
         Path(out).mkdir(parents=True, exist_ok=True)
-        log_path = Path(out) / "train_log.jsonl"
+        log_path = Path(out) / LOG_NAME
         if start_step == 0:
             log_path.write_text("")  # a fresh run starts a fresh log
         elif log_path.is_file():  # keep the lines of the steps the checkpoint covers
@@ -303,7 +357,7 @@ def train_editor(
                     save_file({k: v.contiguous() for k, v in best_state.items()}, str(ckpt_dir / "best.safetensors"))
         history.append(record)
         if ckpt_dir is not None and accelerator.is_main_process:
-            with open(Path(out) / "train_log.jsonl", "a") as fh:
+            with open(Path(out) / LOG_NAME, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
     bar.close()
 

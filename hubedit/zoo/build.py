@@ -260,8 +260,6 @@ class BuildLockedError(BuildError):
 
 #: what a build writes into ``.build/`` (lock, manifest and its temporary file, groups and theirs)
 _OWN_BUILD_FILE = re.compile(r"lock|manifest\.json(\.tmp)?|group-\d{5}\.parquet(\.tmp-\d+)?")
-#: the zoo's shard names (``Zoo.save``): ``data/`` may hold nothing else before a build replaces it
-_SHARD_NAME = re.compile(r"(train|validation|test)-\d{5}-of-\d{5}\.parquet")
 
 
 def _listing(names: list[str], k: int = 5) -> str:
@@ -321,7 +319,9 @@ def _check_out_folder(out: Path, manifest: "dict | None") -> None:
     if data.is_symlink() or (data.exists() and not data.is_dir()):
         problems.append("data, which is not a folder")
     elif data.is_dir():
-        foreign = sorted(p.name for p in data.iterdir() if not (_SHARD_NAME.fullmatch(p.name) and p.is_file()))
+        from .dataset import SHARD_NAME
+
+        foreign = sorted(p.name for p in data.iterdir() if not (SHARD_NAME.fullmatch(p.name) and p.is_file()))
         if foreign:
             problems.append(f"files in data/ that are not zoo shards ({_listing(foreign)})")
     if problems:

@@ -23,6 +23,7 @@ import bisect
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -174,6 +175,41 @@ class _ShardStore:
         return blob
 
 
+#: the names ``Zoo.save`` gives its shards: ``data/`` may hold nothing else when a save replaces it
+SHARD_NAME = re.compile(r"(train|validation|test)-\d{5}-of-\d{5}\.parquet")
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse to save a zoo into ``directory`` when that would replace files that are not an earlier zoo's:
+    a save replaces ``data/``, ``zoo.json`` and ``README.md``, so ``data/`` may hold only shards, and a
+    ``zoo.json`` or ``README.md`` may be there only beside a hubedit ``zoo.json``. Deletes nothing."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"cannot save a zoo into {directory}: it is a file")
+    data, zoo_json, card = directory / "data", directory / "zoo.json", directory / "README.md"
+    problems = []
+    if data.is_symlink() or (data.exists() and not data.is_dir()):
+        problems.append("data, which is not a folder")
+    elif data.is_dir():
+        foreign = sorted(p.name for p in data.iterdir() if not (SHARD_NAME.fullmatch(p.name) and p.is_file()))
+        if foreign:
+            problems.append(f"files in data/ that are not zoo shards ({', '.join(foreign[:5])}"
+                            f"{' and more' if len(foreign) > 5 else ''})")
+    if zoo_json.exists():
+        try:
+            ours = json.loads(zoo_json.read_text()).get("format") == ZOO_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            problems.append("a zoo.json that is not a hubedit zoo's")
+    elif card.exists() and (data.is_dir() or card.is_file()):
+        problems.append("a README.md with no zoo.json beside it")
+    if problems:
+        raise FileExistsError(
+            f"cannot save a zoo into {directory}: it holds {'; '.join(problems)}, which saving would replace. "
+            "Save into a new or empty folder, or move them away first"
+        )
+
+
 class ZooSplit(Sequence):
     """The checkpoints of one split (``zoo["test"][i].to_module()`` gives an :class:`MLP`).
 
@@ -290,6 +326,7 @@ class Zoo:
         from .card import zoo_card
 
         directory = Path(directory)
+        check_replaceable(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".zoo-staging-", dir=directory))
         try:
