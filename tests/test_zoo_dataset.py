@@ -221,3 +221,15 @@ def test_bench_zoo_memory_smoke(tiny_adult_zoo, tiny_adult_zoo_dir):
     assert [r[0] for r in rows] == ["open", "iterate"], out
     for _, peak, above, seconds, size in rows:
         assert int(peak) > int(above) >= 0 and float(seconds) > 0 and float(size) > 0
+
+
+@pytest.mark.parametrize("user_file", ["data/mine.csv", "zoo.json", "README.md"])
+def test_save_refuses_to_replace_a_users_files(tiny_adult_zoo, tmp_path, user_file):
+    """`Zoo.save` replaced `data/` wholesale (shutil.rmtree) and overwrote zoo.json / README.md, whatever they were."""
+    target = tmp_path / "out"
+    (target / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (target / user_file).write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match="not"):
+        tiny_adult_zoo.save(target)
+    assert (target / user_file).read_text() == '{"mine": true}'
+    assert not (target / "data").exists() or [p.name for p in (target / "data").iterdir()] == ["mine.csv"]
