@@ -88,3 +88,40 @@ def tiny_adult_zoo(_tiny_adult_build):
 def tiny_adult_zoo_dir(_tiny_adult_build):
     """The folder :func:`tiny_adult_zoo` is saved in (read-only for tests)."""
     return _tiny_adult_build[0]
+
+
+@pytest.fixture
+def silent_endpoint(monkeypatch):
+    """An endpoint on 127.0.0.1 that accepts every connection and never sends a byte; hubedit's Hub timeout
+    (``HUBEDIT_HUB_TIMEOUT``) 0.5 s. Yields its URL."""
+    import threading
+
+    from huggingface_hub import constants as hf_constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except (TimeoutError, OSError):
+                continue
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    # hf_hub_download builds file URLs from a template the client fixed when it was imported
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setenv("HUBEDIT_HUB_TIMEOUT", "0.5")
+    yield url
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()

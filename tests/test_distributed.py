@@ -168,6 +168,8 @@ LOCAL_PARENT = textwrap.dedent("""
 def test_local_helpers_die_with_their_parent():
     """Every local helper (the evaluation protocol's workers too) is SIGKILLed when the process that started it dies,
     even one that ignores SIGINT, torch's death signal, which used to leave it running on."""
+    from _process_helpers import running  # here: the helpers import this module as tests.test_distributed
+
     psutil = pytest.importorskip("psutil")
     proc = subprocess.Popen([sys.executable, "-c", LOCAL_PARENT], env=_subprocess_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,24 +182,16 @@ def test_local_helpers_die_with_their_parent():
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 15
-        while _running(helper, psutil) and time.monotonic() < deadline:
+        while running(helper, psutil) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _running(helper, psutil), "the helper outlived its parent"
+        assert not running(helper, psutil), "the helper outlived its parent"
     finally:
         if proc.poll() is None:
             proc.kill()
-        if helper is not None and _running(helper, psutil):
+        if helper is not None and running(helper, psutil):
             helper.kill()
         proc.stdout.close()
         proc.stderr.close()
-
-
-def _running(process, psutil) -> bool:
-    """Alive and not a zombie (an orphan that died is a zombie until whoever adopted it reaps it)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

@@ -3,13 +3,10 @@ branch it created, never one that existed), and ``Editor.from_pretrained`` is bo
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import pytest
 import torch
-from huggingface_hub import constants
 
 from hubedit.editor import Editor
 from hubedit.errors import ConfigError
@@ -107,38 +104,6 @@ def test_options_the_push_cannot_honour_are_refused_before_any_request(editor, h
         editor.push_to_hub(hub_repo_id, privat=True)
     assert len(hub_server.request_log) == before
     assert not hf_api.repo_exists(hub_repo_id)
-
-
-@pytest.fixture
-def silent_endpoint(monkeypatch):
-    """An endpoint that accepts every connection and never answers; hubedit's Hub timeout 0.5 s."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_forever():
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except (TimeoutError, OSError):
-                continue
-
-    thread = threading.Thread(target=accept_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    # hf_hub_download builds file URLs from a template the client fixed when it was imported
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setenv("HUBEDIT_HUB_TIMEOUT", "0.5")
-    yield
-    stop.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    server.close()
 
 
 @pytest.mark.timeout(60)

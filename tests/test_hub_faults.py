@@ -7,12 +7,10 @@ branch that the same call created, never one that existed, and says what the Hub
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 
 import pytest
-from huggingface_hub import HfApi, constants
+from huggingface_hub import HfApi
 
 from hubedit.errors import ConfigError
 from hubedit.hub import HubError, committing, describe_repo, publish_folder, snapshot
@@ -114,36 +112,6 @@ def test_failed_edited_model_push_to_a_new_repo_leaves_nothing(hub_server, hf_ap
 
 
 # --- timeouts -------------------------------------------------------------------------------------------------
-@pytest.fixture
-def silent_endpoint(monkeypatch):
-    """An endpoint on 127.0.0.1 that accepts every connection and never sends a byte; hubedit's limit 0.5 s."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_forever():
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])  # read nothing, answer nothing
-            except (TimeoutError, OSError):
-                continue
-
-    thread = threading.Thread(target=accept_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setenv("HUBEDIT_HUB_TIMEOUT", str(SILENT_TIMEOUT))
-    yield url
-    stop.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    server.close()
-
-
 @pytest.mark.timeout(60)
 def test_downloads_from_a_silent_endpoint_time_out(silent_endpoint):
     from hubedit.publish import load_edited

@@ -24,6 +24,7 @@ from hubedit.cli import main
 from hubedit.errors import ConfigError
 from hubedit.zoo.build import BuildLockedError, build_checkpoints, build_zoo
 from hubedit.zoo.presets import ZooPreset
+from _process_helpers import running
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -229,23 +230,15 @@ def test_workers_die_with_their_parent(tmp_path):
         deadline = time.monotonic() + 15
         while alive and time.monotonic() < deadline:
             time.sleep(0.2)
-            alive = [w for w in alive if _running(w, psutil)]
+            alive = [w for w in alive if running(w, psutil)]
         assert alive == [], f"workers {[p.pid for p in alive]} outlived their parent"
     finally:
         if proc.poll() is None:
             proc.kill()
         for w in workers:
-            if _running(w, psutil):
+            if running(w, psutil):
                 w.kill()
         proc.stderr.close()
-
-
-def _running(process, psutil) -> bool:
-    """Alive and not a zombie (an orphan that died is a zombie until whoever adopted it reaps it)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # --- launched worlds ------------------------------------------------------------------------------------
