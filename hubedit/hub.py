@@ -496,8 +496,6 @@ def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str) -> Path 
     ``./editors/prune`` or ``/tmp/x/y/z``, an existing *file* -- raises :class:`HubError` naming both readings,
     instead of the client's ``HFValidationError`` traceback. ``what`` names the object ("editor", "zoo", ...).
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -508,8 +506,8 @@ def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str) -> Path 
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or (
         "/" in text and path.parent.is_dir())
     try:
-        validate_repo_id(text)
-    except HFValidationError:
+        check_repo_id(text)
+    except HubError:
         looks_local = True
     if looks_local:
         raise HubError(
