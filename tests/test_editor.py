@@ -38,7 +38,7 @@ def randomise_heads(editor: Editor, seed: int = 0, scale: float = 0.5) -> Editor
         for name, p in editor.named_parameters():
             if "heads" in name or "classifier" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
-        cond = torch.zeros(6, 1) if editor.lam_range is not None else None
+        cond = torch.zeros(6, 1) if editor.metanet.cond_dim else None
         out = editor.metanet(mlps_to_batch(make_models()), cond=cond)
         for head, logits in ((editor.metanet.edge_classifier, out.edge_logits),
                              (editor.metanet.input_classifier, out.input_node_logits)):
@@ -215,3 +215,60 @@ def test_edited_model_save_load_keeps_record(tmp_path, models):
     again = EditedMLP.from_bytes(path.read_bytes())
     assert again.record == edited.record
     assert torch.equal(again(ADULT.X[:10]), edited(ADULT.X[:10]))
+
+
+def test_topk_mask_keeps_exactly_k_per_group_with_a_straight_through_gradient():
+    from hubedit.requirements.base import topk_mask
+
+    g = torch.Generator().manual_seed(0)
+    group = torch.tensor([0] * 7 + [1] * 3 + [2] * 5)
+    logits = torch.randn(15, 2, generator=g, requires_grad=True)
+    k = torch.tensor([3, 0, 5])
+    mask = topk_mask(logits, group, k, temperature=1.0, hard=False)
+    assert [int(mask[group == i].sum()) for i in range(3)] == [3, 0, 5]
+    score = (logits[:, 1] - logits[:, 0]).detach()
+    for i in range(3):  # the kept ones are the highest-scoring of their group
+        s, m = score[group == i], mask[group == i].detach()
+        if 0 < int(m.sum()) < len(s):
+            assert s[m > 0.5].min() > s[m < 0.5].max()
+    mask.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0  # the soft part carries the gradient
+    hard = topk_mask(logits.detach(), group, torch.tensor([10, 1, 2]), 1.0, hard=True)
+    assert [int(hard[group == i].sum()) for i in range(3)] == [7, 1, 2]  # k clamped to the group size
+
+
+def test_target_conditioned_editors_meet_the_target_exactly(models, tmp_path):
+    from hubedit.baselines import n_kept
+    from hubedit.evaluation.protocol import kept_features, nonzero_weights
+
+    prune = randomise_heads(Editor(requirement="prune", task="adult", target_range=[0.05, 0.8],
+                                   metanet={"hidden": 16, "layers": 2}))
+    for target in (0.05, 0.1, 0.2, 0.5, 0.8):
+        for model, edited in zip(models, prune.edit_many(models, target=target)):
+            assert nonzero_weights(edited) == max(1, n_kept(model.n_weights, target))  # the baselines' count
+            assert edited.record["target"] == target
+    dm = randomise_heads(Editor(requirement="minimise", task="adult", target_range=[1, 13],
+                                metanet={"hidden": 16, "layers": 2}))
+    for count in (1, 4, 13):
+        assert [kept_features(e) for e in dm.edit_many(models, target=count)] == [count] * len(models)
+    with pytest.raises(ConfigError, match="pass target"):
+        prune.edit(models[0])
+    with pytest.raises(ConfigError, match="outside the range"):
+        prune.edit(models[0], target=0.9)
+    with pytest.raises(ConfigError, match="not lam"):
+        prune.edit(models[0], lam=1.0, target=0.2)
+    with pytest.raises(ConfigError, match="exactly one of"):
+        Editor(requirement="prune", task="adult", lam=1.0, target_range=[0.1, 0.5])
+    with pytest.raises(ConfigError, match="0 < low < high <= 1"):
+        Editor(requirement="prune", task="adult", target_range=[0.1, 1.5])
+    with pytest.raises(ConfigError, match="no target form"):
+        Editor(requirement="fairness", task="adult", target_range=[0.01, 0.1])
+    with pytest.raises(ConfigError, match="takes no target"):
+        Editor(requirement="prune", task="adult", lam=1.0).edit(models[0], target=0.2)
+    prune.save_pretrained(tmp_path / "p")
+    again = Editor.from_pretrained(tmp_path / "p")
+    assert again.target_range == (0.05, 0.8)
+    a, b = prune.edit(models[1], target=0.3), again.edit(models[1], target=0.3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert "target-conditioned" in card and "target=" in card

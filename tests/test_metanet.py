@@ -206,3 +206,55 @@ def test_config_and_sizes():
         GraphMetanetwork(hidden=0)
     with pytest.raises(ValueError):
         GraphMetanetwork(activation="softsign")
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_chunked_edge_pass_equals_autograd(activation, monkeypatch):
+    """The chunked autograd function of training (hubedit.metanet.edge_pass) gives the plain autograd path's
+    outputs and gradients, in float64 to 1e-12, and passes gradcheck over many small chunks."""
+    import hubedit.metanet.edge_pass as edge_pass
+    from hubedit.metanet.layers import BidirectionalLayer
+
+    torch.manual_seed(0)
+    layer = BidirectionalLayer(12, 6, activation).double()
+    n_nodes, n_edges = 25, 300
+    h = torch.randn(n_nodes, 12, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(n_edges, 6, dtype=torch.float64, requires_grad=True)
+    edge_index = torch.randint(0, n_nodes, (2, n_edges))
+    deg_in, deg_out = torch.rand(n_nodes, dtype=torch.float64), torch.rand(n_nodes, dtype=torch.float64)
+    monkeypatch.setattr(edge_pass, "CHUNK_ELEMENTS", 6 * 64)  # several chunks
+    results = []
+    for chunked in (False, True):
+        layer.chunked_backward = chunked
+        layer.zero_grad()
+        h.grad = e.grad = None
+        h2, e2 = layer(h, e, edge_index, deg_in, deg_out)
+        (h2.sin().sum() + e2.square().sum()).backward()
+        results.append([h2.detach(), e2.detach(), h.grad.clone(), e.grad.clone(),
+                        *(p.grad.clone() for p in layer.parameters())])
+    for plain, chunked in zip(*results):
+        torch.testing.assert_close(chunked, plain, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda hh, ee: layer(hh, ee, edge_index, deg_in, deg_out), (h, e))
+
+
+def test_film_conditioning_starts_as_identity_and_then_changes_every_layer():
+    batch = mlps_to_batch(task_models(4, seed=3))
+    torch.manual_seed(0)
+    plain = GraphMetanetwork(hidden=16, layers=2, max_in=N_IN, cond_dim=1)
+    torch.manual_seed(0)
+    film = GraphMetanetwork(hidden=16, layers=2, max_in=N_IN, cond_dim=1, film=True)
+    film.load_state_dict(plain.state_dict(), strict=False)
+    cond = torch.linspace(-1, 1, 4).unsqueeze(1)
+    a, b = plain(batch, cond=cond), film(batch, cond=cond)
+    torch.testing.assert_close(a.edge_logits, b.edge_logits)  # zero-initialised FiLM: the same network
+    with torch.no_grad():
+        for lin in film.film:
+            lin.weight.normal_()
+    with torch.no_grad():
+        fused = film(batch, cond=cond)
+    slow = film(batch, cond=cond)
+    assert not torch.allclose(slow.edge_logits, a.edge_logits)
+    torch.testing.assert_close(fused.edge_logits, slow.edge_logits.detach(), rtol=1e-5, atol=1e-5)
+    assert film.config["film"] is True and "film" not in plain.config
+    with pytest.raises(ValueError, match="cond_dim"):
+        GraphMetanetwork(hidden=8, layers=1, film=True)

@@ -408,6 +408,33 @@ def test_pareto_plot_draws_highlight(tmp_path):
     assert "my model" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+def _red_pixels(path) -> int:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(path))[..., :3]
+    return int((np.abs(img - np.array([1.0, 0.0, 0.0])) < 0.05).all(-1).sum())
+
+
+def test_pareto_plot_marks_degenerate_points_and_reference_lines(tmp_path):
+    plain = pareto_plot(FRONTS, tmp_path / "plain.png", xlabel="x")
+    marked = pareto_plot(FRONTS, tmp_path / "marked.png", xlabel="x", degenerate=[[1, 0.3], [np.nan, 0.1]],
+                         degenerate_label="degenerate (accuracy <= 0.76)", hline=(0.24, "majority class"))
+    assert _red_pixels(plain) == 0 and _red_pixels(marked) > 50
+    ax = pareto_figure(FRONTS, xlabel="x", degenerate=[[1, 0.3], [np.nan, 0.1]], degenerate_label="deg",
+                       hline=(0.24, "majority class"), vline=(2.5, "v")).axes[0]
+    rings = [ln for ln in ax.get_lines() if ln.get_label() == "deg"]
+    assert len(rings) == 1 and rings[0].get_xdata().tolist() == [1.0] and rings[0].get_ydata().tolist() == [0.3]
+    assert rings[0].get_markerfacecolor() == "none" and rings[0].get_markeredgecolor() == "red"
+    (h,) = [ln for ln in ax.get_lines() if ln.get_label() == "majority class"]
+    assert list(h.get_ydata()) == [0.24, 0.24]
+    (v,) = [ln for ln in ax.get_lines() if ln.get_label() == "v"]
+    assert list(v.get_xdata()) == [2.5, 2.5]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GMN", "FS", "deg", "majority class", "v"]
+    # nothing to mark: no ring series, no legend entry
+    ax = pareto_figure(FRONTS, xlabel="x", degenerate=np.zeros((0, 2))).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GMN", "FS"]
+
+
 def test_plotting_leaves_pyplot_and_backend_alone(tmp_path):
     # a user who chose another backend keeps it; pyplot (global figure state) is never imported
     code = (

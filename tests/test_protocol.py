@@ -334,3 +334,329 @@ def test_matched_minimisation_is_fs_at_the_editors_feature_count(zoo):
         matched_comparison(zoo, [half_mask_editor("prune", ref)], "minimise", max_models=1)
     with pytest.raises(ValueError, match="matched comparisons exist"):
         matched_comparison(zoo, [ed], "fairness", max_models=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# fronts on three axes, degenerate points, non-finite points, FS & Retrain counts (issue #14)
+# --------------------------------------------------------------------------------------------------
+def _majority(y) -> float:
+    y = np.asarray(y)
+    return float(max((y == c).mean() for c in np.unique(y)))
+
+
+def test_fairness_fronts_on_jsd_disagreement_and_error(zoo, tmp_path):
+    from hubedit.baselines import ThresholdOpt
+    from hubedit.metrics import hypervolume
+
+    ref = zoo["test"][0].to_module()
+    fair = half_mask_editor("fairness", ref, lam=1.0)
+    res = run_protocol(zoo, "fairness", [fair], baselines=["threshold-opt", "reject-option"], max_models=2,
+                       reject_option_bounds=(0.01, 0.05, 0.2), timing_models=0, progress=False)
+    assert res.axes == ("jsd", "disagreement", "error")
+
+    # independent recomputation on the two test models: the editor's labels and ThresholdOpt's sampled labels
+    # against the original model's argmax labels
+    X, y, s = zoo.task.split("test")
+    Xe, ye, se = zoo.task.split("editing")
+    models = [zoo["test"][i].to_module() for i in _subset(zoo["test"], 2, 0)]
+    ed_dis, ed_acc, to_dis, to_acc = [], [], [], []
+    with torch.no_grad():
+        for i, (m, e) in enumerate(zip(models, fair.edit_many(models))):
+            orig = m.predict_proba(X).argmax(-1)
+            pred = e.predict_proba(X).argmax(-1)
+            ed_dis.append(float((pred != orig).double().mean()))
+            ed_acc.append(float((pred == y).double().mean()))
+            pp = ThresholdOpt(None).fit(None, ye, se, scores=m.predict_proba(Xe)[:, 1].double())
+            lab = pp.predict(None, s, scores=m.predict_proba(X)[:, 1].double(), seed=i)  # seed: cfg.seed * 100_003 + i
+            to_dis.append(float((lab != orig).double().mean()))
+            to_acc.append(float((lab == y).double().mean()))
+    assert res.methods["GMN"].test_disagreement[0] == pytest.approx(np.mean(ed_dis), abs=1e-12)
+    assert res.methods["GMN"].test_accuracy[0] == pytest.approx(np.mean(ed_acc), abs=1e-12)
+    assert res.methods["ThresholdOpt"].test_disagreement[0] == pytest.approx(np.mean(to_dis), abs=1e-12)
+    assert res.methods["ThresholdOpt"].test_accuracy[0] == pytest.approx(np.mean(to_acc), abs=1e-12)
+    assert 0 < np.mean(to_dis) < 0.5  # randomised labels differ from the original's on some points
+
+    maj = {"validation": _majority(zoo.task.split("evaluation")[1]), "test": _majority(y)}
+    assert res.info["majority_accuracy"] == pytest.approx(maj)
+    for name, m in res.methods.items():
+        # error = 1 - accuracy; every front is the validation front of its own axis, reported on test
+        np.testing.assert_allclose(m.points("error", "test")[:, 1], 1 - m.test_accuracy)
+        np.testing.assert_array_equal(m.points("disagreement", "validation")[:, 1], m.val_disagreement)
+        for axis in res.axes:
+            runs = res.front_runs(name, axis)
+            assert runs.tolist() == pareto_front(m.points(axis, "validation")).tolist(), (name, axis)
+            ry = math.log(2) if axis == "jsd" else 1.0
+            assert res.hypervolume(name, axis) == pytest.approx(
+                hypervolume(m.points(axis, "test")[runs], ref=(1.0, ry)), abs=1e-12)
+            deg = m.test_accuracy <= maj["test"] + 1e-9
+            np.testing.assert_array_equal(res.degenerate(name, "test"), deg)
+    # RejectOption at bound 0.01 labels most points by group: below the majority class, so degenerate
+    ro = res.methods["RejectOption"]
+    assert ro.test_accuracy[0] < maj["test"] and res.degenerate("RejectOption")[0]
+    # the JSD of hard/randomised labels has a floor; the disagreement front does not carry it
+    assert res.methods["ThresholdOpt"].test[0, 1] > res.methods["ThresholdOpt"].test_disagreement[0] / 10
+
+    paths = res.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"pareto.png", "pareto-disagreement.png", "pareto-error.png"}
+    assert paths["plot_error"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["report"].read_text()
+    for axis in ("label disagreement with the original", "error (1 - accuracy)"):
+        assert f"Front: eod vs {axis}" in md
+    assert "](pareto-disagreement.png)" in md and "](pareto-error.png)" in md
+    assert f"test {maj['test']:.4f}" in md  # the majority-class accuracy line
+    data = json.loads(paths["json"].read_text())
+    assert set(data["by_axis"]) == {"jsd", "disagreement", "error"}
+    back = ProtocolResult.from_dict(data)
+    for axis in res.axes:
+        assert back.hypervolumes_for(axis, exclude_degenerate=True) == pytest.approx(
+            res.hypervolumes_for(axis, exclude_degenerate=True))
+    np.testing.assert_array_equal(back.methods["GMN"].test_disagreement, res.methods["GMN"].test_disagreement)
+    # every table of points carries accuracy and the degenerate flag
+    pts = res.points_table("all")
+    assert {"val accuracy", "test accuracy", "val disagreement", "test disagreement", "degenerate"} <= set(pts.columns)
+    assert (pts.loc["RejectOption", "degenerate"].iloc[0]).endswith("test")
+
+
+def hand_result(info=None) -> ProtocolResult:
+    """An editor whose front has one degenerate point (accuracy 0.70 <= majority 0.75) that carries its
+    hypervolume lead, and a baseline without degenerate points; validation = test."""
+    def method(name, kind, pts, acc):
+        return MethodResult(name, kind, [str(i) for i in range(len(pts))], pts, pts, acc, acc,
+                            val_disagreement=[0.1] * len(pts), test_disagreement=[0.1] * len(pts))
+
+    editor = method("GMN", "editor", [[0.0, 0.2], [0.4, 0.1]], [0.70, 0.85])
+    base = method("Magnitude", "baseline", [[0.2, 0.15], [0.4, 0.05]], [0.80, 0.85])
+    return ProtocolResult("adult", "prune", "weights_kept", "fraction of weights kept", 1.0,
+                          {"GMN": editor, "Magnitude": base},
+                          info=info if info is not None else {"majority_accuracy": {"validation": 0.75, "test": 0.75}})
+
+
+def test_degenerate_points_are_marked_and_left_out_of_best_claims(tmp_path):
+    res = hand_result()
+    assert res.degenerate("GMN").tolist() == [True, False] and not res.degenerate("Magnitude").any()
+    # with every point the editor leads; without its degenerate point it trails
+    hv_all = 0.4 * (LN2 - 0.2) + 0.6 * (LN2 - 0.1)
+    hv_ok = 0.6 * (LN2 - 0.1)
+    hv_base = 0.2 * (LN2 - 0.15) + 0.6 * (LN2 - 0.05)
+    assert res.hypervolume("GMN") == pytest.approx(hv_all) and hv_all > hv_base
+    assert res.hypervolume("GMN", exclude_degenerate=True) == pytest.approx(hv_ok) and hv_ok < hv_base
+    assert res.front_runs("GMN", exclude_degenerate=True).tolist() == [1]
+    (c,) = res.comparison()
+    assert c["editor_hv"] == pytest.approx(hv_ok) and c["editor_hv_all_points"] == pytest.approx(hv_all)
+    assert c["best_baseline_hv"] == pytest.approx(hv_base) and not c["dominates_all_baselines"]
+    assert c["editor_degenerate_points"] == 1
+    table = res.hypervolume_table()
+    assert table.loc["GMN", "degenerate"] == 1 and table.loc["GMN", "HV w/o degenerate"] == pytest.approx(hv_ok)
+    pts = res.points_table("chosen")
+    assert pts.loc["GMN", "degenerate"].tolist() == ["val, test", ""]
+    assert pts.loc["GMN", "test accuracy"].tolist() == [0.70, 0.85]
+    md = res.report_markdown()
+    assert "does NOT dominate" in md and "Majority-class accuracy (a constant classifier): validation 0.7500" in md
+    # the error front: degenerate points lie at or above the majority class's error
+    err = res.front("GMN", "error")
+    assert err[:, 1].tolist() == pytest.approx([0.30, 0.15])
+    assert res.plot(tmp_path / "e.png", "error").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a result that does not record the majority class of a task hubedit does not know: nothing is degenerate
+    unknown = hand_result(info={})
+    unknown.task = "no-such-task"
+    assert unknown.majority_accuracy is None and not unknown.degenerate("GMN").any()
+    assert unknown.comparison()[0]["editor_hv"] == pytest.approx(hv_all)
+
+
+def test_nonfinite_points_are_counted_not_silently_dropped(zoo, monkeypatch):
+    from hubedit.evaluation import protocol
+
+    evaluate = protocol._evaluate_unit
+
+    def one_nan(work, unit):  # Magnitude's JSD at keep=0.1 on test model 0 is NaN
+        out = evaluate(work, unit)
+        if unit.kind == "baseline" and unit.split == "test" and unit.lo == 0:
+            out["values"][1][1] = math.nan
+        return out
+
+    monkeypatch.setattr(protocol, "_evaluate_unit", one_nan)
+    res = run_protocol(zoo, "prune", [], baselines=["magnitude"], max_models=2, prune_keeps=(0.5, 0.1),
+                       timing_models=0, progress=False)
+    m = res.methods["Magnitude"]
+    assert np.isnan(m.test[1, 1]) and np.isfinite(m.test[0]).all() and np.isfinite(m.val).all()
+    assert m.nonfinite_model_results == {"validation": 0, "test": 1}
+    assert m.nonfinite_points("jsd") == {"validation": 0, "test": 1}
+    assert m.chosen.tolist() == [1, 0]  # chosen on validation (finite there) ...
+    assert res.front_runs("Magnitude").tolist() == [0]  # ... and left out of the test front
+    assert res.nonfinite_total == 1
+    nf = res.nonfinite_table()
+    assert nf.loc["Magnitude", "jsd: test points left out"] == 1 and nf.loc["Magnitude", "jsd: validation points left out"] == 0
+    assert "1 points (summed over methods, splits and fronts) are non-finite and left out" in res.report_markdown()
+    back = ProtocolResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.nonfinite_total == 1 and back.methods["Magnitude"].nonfinite_model_results == {"validation": 0, "test": 1}
+    # an infinite validation point is never chosen
+    inf = MethodResult("x", "baseline", ["a", "b"], [[0.1, math.inf], [0.5, 0.2]], [[0.1, 0.3], [0.5, 0.2]],
+                       [0.9, 0.9], [0.9, 0.9])
+    assert inf.chosen.tolist() == [1] and inf.nonfinite_points() == {"validation": 1, "test": 0}
+
+
+def test_fs_retrain_runs_at_every_fs_count_unless_told(zoo):
+    from hubedit.evaluation.protocol import ProtocolConfig, _baselines
+
+    task = zoo.task
+
+    def counts(**kw):
+        return {b.name: b.values for b in _baselines("minimise", ["FS", "FS & Retrain"], task, ProtocolConfig(**kw))}
+
+    every = list(range(1, task.n_features))
+    assert counts() == {"FS": every, "FS & Retrain": every}
+    assert counts(dm_n_keep=(2, 7)) == {"FS": [2, 7], "FS & Retrain": [2, 7]}
+    assert counts(dm_n_keep=(2, 7), fs_retrain_n_keep=(3,)) == {"FS": [2, 7], "FS & Retrain": [3]}
+    res = run_protocol(zoo, "minimise", [], baselines=["fs", "fs-retrain"], max_models=1, dm_n_keep=(2, 7),
+                       fs_retrain_epochs=1, pfi_repeats=1, timing_models=0, progress=False)
+    np.testing.assert_array_equal(res.methods["FS & Retrain"].test[:, 0], [2, 7])
+    assert res.methods["FS & Retrain"].strengths == res.methods["FS"].strengths
+    assert res.info["majority_accuracy"]["test"] == pytest.approx(_majority(task.split("test")[1]))
+    assert "test accuracy" in res.points_table("chosen").columns
+
+
+@pytest.mark.parametrize("setting", ["dm-adult", "dm-bank", "fairness-adult", "prune-adult", "prune-bank"])
+def test_results_written_before_the_new_fields_still_load(setting):
+    from pathlib import Path
+
+    from hubedit.tasks import load_task
+
+    path = Path(__file__).resolve().parents[1] / "results" / "small" / f"{setting}-results.json"
+    data = json.loads(path.read_text())
+    assert "val_disagreement" not in next(iter(data["methods"].values()))  # an old file
+    res = ProtocolResult.from_dict(data)
+    assert res.hypervolumes == pytest.approx(data["hypervolumes"], abs=1e-12)
+    assert res.common_hypervolumes == pytest.approx(data["common_hypervolumes"], abs=1e-12)
+    assert not any(m.has_disagreement for m in res.methods.values())
+    assert res.axes == (("jsd", "error") if res.requirement == "fairness" else ("jsd",))
+    task = load_task(res.task)
+    maj = res.majority_accuracy
+    assert maj == pytest.approx({"validation": _majority(task.split("evaluation")[1]), "test": _majority(task.split("test")[1])})
+    for name, m in res.methods.items():
+        np.testing.assert_array_equal(res.degenerate(name), m.test_accuracy <= maj["test"] + 1e-9)
+    # non-finite points counted from the file itself (null in a JSD row), per method and split
+    for name, m in data["methods"].items():
+        expected = {s: sum(None in row for row in m[k]) for s, k in (("validation", "val"), ("test", "test"))}
+        assert res.methods[name].nonfinite_points("jsd") == expected, name
+    if setting == "dm-adult":  # this run's FS & Retrain has a NaN validation JSD at 4, 7 and 11 features
+        assert res.methods["FS & Retrain"].nonfinite_points("jsd") == {"validation": 3, "test": 0}
+        assert res.front_runs("FS & Retrain").tolist() == [0]  # n_keep=2 alone can be chosen
+    md = res.report_markdown()
+    assert "not recorded in this result; computed from the task data" in md
+    assert ("Every point of every method is finite" in md) == (res.nonfinite_total == 0)
+    # on Bank the original models are no better than the majority class: no point is fit for a "best" claim
+    assert ("The original models' mean accuracy is itself at or below the majority class" in md) == (res.task == "bank")
+    if res.task == "bank":
+        assert res.comparison() == [] and "No baseline has a non-degenerate point" in md
+    again = ProtocolResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.hypervolumes_for(exclude_degenerate=True) == pytest.approx(res.hypervolumes_for(exclude_degenerate=True))
+
+
+def test_pareto_cli_prints_the_fairness_fronts(tiny_adult_zoo_dir, tmp_path, capsys):
+    from hubedit.cli import main
+
+    out = tmp_path / "fair"
+    assert main(["pareto", "--zoo", str(tiny_adult_zoo_dir), "--requirement", "fairness", "--baselines", "threshold-opt",
+                 "--max-models", "1", "--timing-models", "0", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "eod vs label disagreement with the original" in printed and "majority-class accuracy" in printed
+    assert "HV w/o degenerate" in printed
+    assert {"pareto.png", "pareto-disagreement.png", "pareto-error.png"} <= {p.name for p in out.iterdir()}
+
+
+# --------------------------------------------------------------------------------------------------
+# the models evaluated: drawn with subset_seed, apart from the baselines' seed
+# --------------------------------------------------------------------------------------------------
+def test_subset_seed_draws_the_models_and_seed_does_not(zoo):
+    from hubedit.evaluation.protocol import ProtocolConfig
+
+    assert ProtocolConfig().subset_seed == 0
+    old = {k: v for k, v in ProtocolConfig(seed=4).to_dict().items() if k != "subset_seed"}  # JSON written before
+    assert ProtocolConfig.from_dict(old) == ProtocolConfig(seed=4, subset_seed=0)
+    assert ProtocolConfig.from_dict(ProtocolConfig(seed=4, subset_seed=2).to_dict()).subset_seed == 2
+
+    split = zoo["test"]
+    assert len(split) > 2  # otherwise every subset is the whole split
+    draws = {s: _subset(split, 2, s) for s in range(6)}
+    assert len({tuple(v) for v in draws.values()}) > 1  # the subset seed matters on this zoo
+
+    def ids(**options):
+        res = run_protocol(zoo, "prune", [], baselines=["magnitude"], max_models=2, prune_keeps=(0.5,),
+                           timing_models=0, progress=False, **options)
+        assert res.info["config"]["subset_seed"] == options.get("subset_seed", 0)
+        return res.info["test_model_ids"], res.info["val_model_ids"]
+
+    base = ids(seed=0)
+    other = next(s for s, v in draws.items() if v != draws[0])  # a seed that would draw other models
+    assert ids(seed=other) == base  # as the run seed: the same models
+    test_ids, _ = ids(seed=0, subset_seed=other)
+    assert test_ids == [split[i].model_id for i in draws[other]] != base[0]
+
+
+def test_matched_and_composition_draw_models_with_the_subset_seed(zoo, monkeypatch):
+    from hubedit.evaluation import experiments, matched
+
+    seen = []
+
+    def spy(split, max_models, seed):
+        seen.append(seed)
+        return _subset(split, max_models, seed)
+
+    monkeypatch.setattr(matched, "_subset", spy)
+    monkeypatch.setattr(experiments, "_subset", spy)
+    ref = zoo["test"][0].to_module()
+    pr = half_mask_editor("prune", ref, variant="prune-edit")
+    dm = half_mask_editor("minimise", ref, variant="gmn")
+    assert matched.matched_comparison(zoo, [pr], "prune", max_models=2, seed=7, subset_seed=3).n_models == 2
+    comp = run_composition(zoo, [dm], [pr], dm_baseline=None, max_models=2, seed=7, subset_seed=3, progress=False)
+    assert seen == [3, 3]
+    assert comp.info["model_ids"] == [zoo["test"][i].model_id for i in _subset(zoo["test"], 2, 3)]
+    assert comp.info["seed"] == 7 and comp.info["subset_seed"] == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# the JSD floor of label-outputting methods
+# --------------------------------------------------------------------------------------------------
+def test_label_jsd_is_the_floor_of_any_labelling():
+    from hubedit.evaluation.protocol import label_jsd
+    from hubedit.metrics.scores import jsd
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 200, 2, generator=g, dtype=torch.float64) * 2, -1)
+    floor = label_jsd(probs)
+    assert floor.shape == (3,)
+    own = torch.nn.functional.one_hot(probs.argmax(-1), 2).double()
+    torch.testing.assert_close(floor, jsd(probs, own).mean(-1))
+    for _ in range(20):  # any other labelling, and labels flipped on part of the points, is at least the floor
+        labels = torch.randint(0, 2, (3, 200), generator=g)
+        other = jsd(probs, torch.nn.functional.one_hot(labels, 2).double()).mean(-1)
+        assert (other >= floor - 1e-12).all()
+    flipped = jsd(probs, 1.0 - own).mean(-1)
+    assert (flipped > floor).all()
+    # soft outputs can go below it (the original itself is at 0)
+    assert float(jsd(probs, probs).mean()) < float(floor.min())
+
+
+def test_protocol_records_the_label_jsd_floor_of_the_test_models(zoo):
+    from hubedit.metrics.scores import jsd
+
+    res = run_protocol(zoo, "prune", [], baselines=["magnitude"], max_models=2, prune_keeps=(0.5,), timing_models=0,
+                       progress=False)
+    X = zoo.task.split("test")[0]
+    per_model = []
+    with torch.no_grad():
+        for i in _subset(zoo["test"], 2, 0):
+            p = zoo["test"][i].to_module().predict_proba(X).double()
+            per_model.append(float(jsd(p, torch.nn.functional.one_hot(p.argmax(-1), 2).double()).mean()))
+    floor = float(np.mean(per_model))
+    assert 0 < floor < LN2
+    assert res.info["original"]["test_label_jsd"] == pytest.approx(floor, rel=1e-6)
+    assert res.label_jsd_floor() == res.info["original"]["test_label_jsd"]
+    # an older result without it: computed from the zoo (its recorded models), or unknown without one
+    old = ProtocolResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    del old.info["original"]["test_label_jsd"]
+    assert old.label_jsd_floor() is None
+    assert old.label_jsd_floor("test", zoo) == pytest.approx(floor, rel=1e-6)
+    old.info["test_model_ids"] = ["no-such-model"]
+    with pytest.raises(ValueError, match="no-such-model"):
+        old.label_jsd_floor("test", zoo)

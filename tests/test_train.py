@@ -111,3 +111,38 @@ def test_accelerate_launch_cpu_flag_runs_to_the_end(tiny_zoo_dir, tmp_path):
     process here (no MPI hostfile), and training runs unchanged to the end; the two-process run is the test above."""
     cfg = _accelerate_train(["--num_processes", "2", "--cpu"], tiny_zoo_dir, tmp_path / "cpu", "prune", "0.1", 4)
     assert cfg["training"]["processes"] == 1 and cfg["training"]["steps"] == 4
+
+
+def test_target_conditioned_training_and_lr_schedule(tiny_zoo, tmp_path):
+    from hubedit.train.loop import EditorTrainingConfig, lr_factor
+
+    log = []
+    editor = train_editor(tiny_zoo, "prune", target_range=(0.1, 0.6), steps=6, progress=False, log=log,
+                          lr_schedule="cosine", warmup_steps=2, film=True, out=tmp_path / "t", **FAST)
+    assert editor.target_range == (0.1, 0.6) and editor.metanet.config["film"] is True
+    front = editor.settings["validation_front"]
+    assert [p["target"] for p in front] == list(editor.requirement.target_grid((0.1, 0.6)))
+    for p in front:  # validation edits meet each target (to the rounding of small models' weight counts)
+        assert p["metric"] == pytest.approx(p["target"], abs=0.02)
+    assert all(r["loss"] == pytest.approx(r["jsd"], rel=1e-6) for r in log)  # JSD alone: the target is met
+    assert Editor.from_pretrained(tmp_path / "t").target_range == (0.1, 0.6)
+    cfg = EditorTrainingConfig("prune", lam=1.0, steps=10, lr_schedule="cosine", warmup_steps=2, lr_min_ratio=0.1)
+    factors = [lr_factor(cfg, s) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0] and factors[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:])) and factors[-1] == pytest.approx(0.1, abs=0.05)
+
+
+def test_epo_scalarisation_trains_an_editor_for_a_preference(tiny_zoo, tmp_path):
+    log = []
+    editor = train_editor(tiny_zoo, "fairness", preference=(1.0, 2.0), scalarisation="epo", steps=3, progress=False,
+                          log=log, out=tmp_path / "epo", **{**FAST, "eval_every": 3})
+    assert editor.settings["preference"] == [1.0, 2.0] and editor.lam is None
+    assert all(r["scalarisation_mode"] in ("balance", "descent") for r in log)
+    assert all(sum(r["weights"]) == pytest.approx(1.0) and min(r["weights"]) >= 0 for r in log)
+    (point,) = editor.settings["validation_front"]
+    assert point["preference"] == [1.0, 2.0] and point["jsd"] >= 0
+    again = Editor.from_pretrained(tmp_path / "epo")
+    assert again.settings["preference"] == [1.0, 2.0]
+    again.edit(tiny_zoo["test"][0].to_module())  # no lam needed
+    with pytest.raises(Exception, match="preference"):
+        train_editor(tiny_zoo, "fairness", lam=1.0, scalarisation="epo", steps=1, progress=False, **FAST)

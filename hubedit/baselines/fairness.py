@@ -213,6 +213,10 @@ class ThresholdOpt(_PostProcessor):
 
 
 # --- CalEqOdds -------------------------------------------------------------------------------------------------------
+#: ``CalEqOdds(weighted_cost=)``: "aif360" and "pleiss" are one formula (aif360 >= 0.3.0); "aif360<0.3" the old one
+_WEIGHTED_COSTS = ("aif360", "pleiss", "aif360<0.3")
+
+
 class CalEqOdds(_PostProcessor):
     """Port of aif360's ``CalibratedEqOddsPostprocessing`` (Pleiss et al. 2017).
 
@@ -224,13 +228,15 @@ class CalEqOdds(_PostProcessor):
     expectation); the other group's mix rate is 0. Predict: the (randomised) score is thresholded,
     ``yhat = 1`` iff score ``>= threshold``. So ``P(yhat = 1) = (1 - m_a) [s >= t] + m_a [mu_a >= t]``.
 
-    ``weighted_cost``: ``"aif360"`` (default, what the paper ran) reproduces aif360's
-    ``weighted_cost``, which weights *both* terms by ``1 - mu``:
-    ``(fpr_w * GFPR + fnr_w * GFNR) * (1 - mu) / (fpr_w + fnr_w)``; ``"pleiss"`` is the original
-    (Pleiss et al.'s code): ``fpr_w * GFPR * (1 - mu) + fnr_w * GFNR * mu``, same normalisation.
-    Departures from aif360: mix rates are clipped to ``[0, 1]`` (aif360 draws ``U <= m``, the same
-    for ``m > 1``); a zero denominator gives mix rate 0; the randomisation uses one generator for all
-    points instead of numpy's global seed per group (same distribution).
+    ``weighted_cost`` (``cost_constraint="weighted"`` only): ``"aif360"`` (default) is aif360's
+    ``weighted_cost`` since aif360 0.3.0 (up to 0.6.1, checked in ``tests/test_crosscheck.py``), the
+    same as Pleiss et al.'s code: ``(fpr_w * GFPR * (1 - mu) + fnr_w * GFNR * mu) / (fpr_w + fnr_w)``;
+    ``"pleiss"`` is a synonym. ``"aif360<0.3"`` is aif360 0.1-0.2.3's formula, which weighted *both*
+    terms by ``1 - mu``: ``(fpr_w * GFPR + fnr_w * GFNR) * (1 - mu) / (fpr_w + fnr_w)`` (what hubedit
+    used as ``"aif360"`` before; kept to reproduce those results).
+    Departures from aif360: mix rates are clipped to ``[0, 1]`` (aif360 draws ``U <= m``, the same for
+    ``m > 1``); a zero denominator gives mix rate 0; the randomisation uses one generator for all points
+    instead of numpy's global seed per group (same distribution).
 
     ``output="decision"`` (default): ``predict_proba`` is the probability of the thresholded decision.
     ``output="score"``: ``predict_proba`` is the expected post-processed score
@@ -242,8 +248,8 @@ class CalEqOdds(_PostProcessor):
         super().__init__(model)
         if cost_constraint not in ("fpr", "fnr", "weighted"):
             raise ValueError(f"cost_constraint must be 'fpr', 'fnr' or 'weighted', got {cost_constraint!r}")
-        if weighted_cost not in ("aif360", "pleiss"):
-            raise ValueError(f"weighted_cost must be 'aif360' or 'pleiss', got {weighted_cost!r}")
+        if weighted_cost not in _WEIGHTED_COSTS:
+            raise ValueError(f"weighted_cost must be one of {_WEIGHTED_COSTS}, got {weighted_cost!r}")
         if output not in ("decision", "score"):
             raise ValueError(f"output must be 'decision' or 'score', got {output!r}")
         self.cost_constraint, self.weighted_cost, self.threshold, self.output = (
@@ -259,7 +265,7 @@ class CalEqOdds(_PostProcessor):
         if self.fp_rate == 0:
             return gfnr
         norm = float(self.fp_rate + self.fn_rate)
-        fn_weight = (1.0 - base_rate) if self.weighted_cost == "aif360" else base_rate
+        fn_weight = (1.0 - base_rate) if self.weighted_cost == "aif360<0.3" else base_rate
         return self.fp_rate / norm * gfpr * (1.0 - base_rate) + self.fn_rate / norm * gfnr * fn_weight
 
     def _fit(self, s, y, g, X) -> None:
@@ -311,7 +317,9 @@ class RejectOption(_PostProcessor):
     ``num_ROC_margin`` margins in ``[0, min(t, 1 - t)]`` (aif360's grids and order); among the settings
     whose fairness metric on the fit data lies within the bound, the one with the highest balanced
     accuracy (first in grid order on ties). The grid is evaluated vectorised (sorted scores, counts by
-    binary search), with the same result as aif360's loop.
+    binary search), with the same result as aif360's loop (rates computed as aif360 does, ``TP / P`` and
+    ``TN / N``, so that ties in balanced accuracy break the same way; checked against aif360 0.6.1 in
+    ``tests/test_crosscheck.py``).
 
     ``metric`` (difference = unprivileged minus privileged, as in aif360):
     ``"equalized_odds"`` (default; an addition, what hubedit reports: ``max(|dTPR|, |dFPR|) <= bound``),
@@ -319,8 +327,10 @@ class RejectOption(_PostProcessor):
     ``"equal_opportunity"`` (``dTPR``), ``"statistical_parity"`` (difference of selection rates); the
     signed metrics must lie in ``[-bound, bound]`` (aif360's ``metric_lb``/``metric_ub``; set them
     separately with ``metric_lb=``/``metric_ub=``). ``bound`` is the sweep parameter.
-    If no setting satisfies the bound, aif360 warns and takes the setting with the *smallest signed*
-    metric; this port warns and takes the smallest ``|metric|`` (``feasible_`` is False).
+    If no setting satisfies the bound, both warn (``feasible_`` is False) and, by ``infeasible``:
+    ``"min_abs"`` (default) takes the setting with the smallest ``|metric|``; ``"aif360"`` takes, as
+    aif360 does, the one with the smallest *signed* metric (e.g. the most negative average odds
+    difference, possibly the farthest from the bound); first in grid order on ties.
     ``privileged_group``: ``0``, ``1`` or ``"auto"`` (default: the group with the higher rate of
     ``s > 0.5`` on the fit data; Adult: male, group 0).
     """
@@ -328,8 +338,12 @@ class RejectOption(_PostProcessor):
     def __init__(self, model: MLP | None = None, *, bound: float = 0.05, metric: str = "equalized_odds",
                  metric_lb: float | None = None, metric_ub: float | None = None,
                  privileged_group: int | str = "auto", low_class_thresh: float = 0.01,
-                 high_class_thresh: float = 0.99, num_class_thresh: int = 100, num_ROC_margin: int = 50):
+                 high_class_thresh: float = 0.99, num_class_thresh: int = 100, num_ROC_margin: int = 50,
+                 infeasible: str = "min_abs"):
         super().__init__(model)
+        if infeasible not in ("min_abs", "aif360"):
+            raise ValueError(f"infeasible must be 'min_abs' or 'aif360', got {infeasible!r}")
+        self.infeasible = infeasible
         if metric not in _ROC_METRICS:
             raise ValueError(f"metric must be one of {_ROC_METRICS}, got {metric!r}")
         if not (0.0 <= low_class_thresh < high_class_thresh <= 1.0) or num_class_thresh < 1 or num_ROC_margin < 1:
@@ -372,7 +386,7 @@ class RejectOption(_PostProcessor):
 
         P, N = n[0, 1] + n[1, 1], n[0, 0] + n[1, 0]
         tpr_all = rate(pos[0, 1] + pos[1, 1], P)
-        tnr_all = 1.0 - rate(pos[0, 0] + pos[1, 0], N)
+        tnr_all = rate(N - (pos[0, 0] + pos[1, 0]), N)  # TN / N as aif360 (1 - FP / N can differ by an ulp)
         bal_acc = 0.5 * (tpr_all + tnr_all)
         un = 1 - priv
         d_tpr = rate(pos[un, 1], n[un, 1]) - rate(pos[priv, 1], n[priv, 1])
@@ -393,9 +407,10 @@ class RejectOption(_PostProcessor):
             best = int(np.argmax(flat))
             self.feasible_ = True
         else:
-            warnings.warn("RejectOption: unable to satisfy the fairness constraint; taking the smallest |metric|",
+            rule = "smallest |metric|" if self.infeasible == "min_abs" else "smallest signed metric (aif360)"
+            warnings.warn(f"RejectOption: unable to satisfy the fairness constraint; taking the {rule}",
                           stacklevel=3)
-            best = int(np.nanargmin(np.abs(fair).reshape(-1)))
+            best = int(np.nanargmin((np.abs(fair) if self.infeasible == "min_abs" else fair).reshape(-1)))
             self.feasible_ = False
         i, j = divmod(best, self.num_ROC_margin)
         self.classification_threshold_ = float(thr[i])

@@ -61,7 +61,7 @@ def _front_png(points: list[dict], label: str, lam_range) -> bytes | None:
            and math.isfinite(p["metric"]) and math.isfinite(p["jsd"])]
     if not pts:
         return None
-    name = "editor, lambda-conditioned" if lam_range else "editor"
+    name = "editor, conditioned" if lam_range else "editor"
     fig = pareto_figure({name: pts}, xlabel=label, ylabel="mean JSD to the original",
                         title="Validation Pareto points")
     buf = io.BytesIO()
@@ -79,7 +79,8 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
     zoo = s.get("zoo") or {}
     training = s.get("training") or {}
     front = list(s.get("validation_front") or [])
-    lam, lam_range = s.get("lam"), s.get("lam_range")
+    lam, lam_range, target_range = s.get("lam"), s.get("lam_range"), s.get("target_range")
+    preference = s.get("preference")
 
     base = editor._hub_mixin_info.model_card_data  # shared by the class: copy, never change in place
     tags = list(dict.fromkeys([*(base.tags or []), info["tag"], task_name, "tabular-classification"]))
@@ -89,8 +90,18 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
     data = ModelCardData(library_name="hubedit", license=license or base.license, tags=tags, datasets=datasets,
                          model_name=name, eval_results=eval_results or None)
 
-    trade = (f"trained for lambda = {fmt(lam)}" if lam is not None
-             else f"lambda-conditioned over [{fmt(lam_range[0])}, {fmt(lam_range[1])}] (choose lambda at edit time)")
+    if target_range is not None:
+        target_name = editor.requirement.target_name
+        trade = (f"target-conditioned: choose the {target_name} in [{fmt(target_range[0])}, {fmt(target_range[1])}] at "
+                 "edit time, and every edited model meets it exactly")
+    elif preference is not None:
+        method = (s.get("training") or {}).get("scalarisation", "epo")
+        trade = (f"trained by {'EPO search' if method == 'epo' else 'linear scalarisation'} for the preference "
+                 f"(JSD, requirement) = ({fmt(preference[0])}, {fmt(preference[1])})")
+    elif lam is not None:
+        trade = f"trained for lambda = {fmt(lam)}"
+    else:
+        trade = f"lambda-conditioned over [{fmt(lam_range[0])}, {fmt(lam_range[1])}] (choose lambda at edit time)"
     intro = (
         f"A learned **editor** for **{info['title']}** on **{task_name}** models ({trade}). It reads the weights of "
         f"an MLP classifier of this task and, in one forward pass, writes edited weights. The edit {info['explain']}. "
@@ -100,7 +111,9 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
     card.add("Editor", markdown_table(["", ""], [
         ["requirement", f"{requirement} ({info['title']})"],
         ["variant", s.get("variant")],
-        ["lambda", lam if lam is not None else f"range {lam_range}"],
+        ["target range" if target_range is not None else "preference" if preference is not None else "lambda",
+         f"{target_range} ({editor.requirement.target_name})" if target_range is not None
+         else preference if preference is not None else lam if lam is not None else f"range {lam_range}"],
         ["requirement metric", info["metric_label"]],
         ["mask temperature", s.get("temperature")],
         ["trained on zoo", provenance_text(zoo, repo_type="dataset", link=True)],
@@ -121,12 +134,13 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
     # validation front
     files: dict[str, bytes] = {}
     if front:
-        rows = [[p.get("lam"), p.get("metric"), p.get("jsd")] for p in front]
-        table = markdown_table(["lambda", info["metric_label"], "JSD"], rows)
+        key = "target" if target_range is not None else "preference" if preference is not None else "lam"
+        rows = [[p.get(key), p.get("metric"), p.get("jsd")] for p in front]
+        table = markdown_table([{"lam": "lambda"}.get(key, key), info["metric_label"], "JSD"], rows)
         image = ""
         if with_plot:
             try:
-                png = _front_png(front, info["metric_label"], lam_range)
+                png = _front_png(front, info["metric_label"], lam_range or target_range)
             except Exception as exc:  # a plot must never cost the card (or the weights)
                 png, image = None, f"(The plot could not be drawn: {exc}.)\n\n"
             if png:
@@ -143,18 +157,26 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
     # hyper-parameters
     net = s.get("metanet") or {}
     card.add("Metanetwork", markdown_table(["hyper-parameter", "value"], sorted((k, _plain(v)) for k, v in net.items())))
-    keep = ("steps", "models_per_step", "points_per_step", "lr", "weight_decay", "grad_clip", "hidden", "layers",
+    keep = ("steps", "scalarisation", "preference", "models_per_step", "points_per_step", "lr", "lr_schedule", "warmup_steps", "weight_decay", "grad_clip", "hidden", "layers",
             "eval_every", "zoo_fraction", "seed", "best_step", "best_objective", "train_models", "processes", "seconds")
     train_rows = [(k, _plain(training[k])) for k in keep if k in training]
     if train_rows:
-        card.add("Training", "Objective: `JSD(f(x), f'(x)) + lambda * R(theta')` with points from the task's *editing* "
+        objective = ("`JSD(f(x), f'(x))` at a target level drawn per model and met exactly (top-k masks with a "
+                     "straight-through gradient)" if target_range is not None
+                     else "`beta_1 JSD + beta_2 R(theta')` with per-step weights from the preference"
+                     if preference is not None else "`JSD(f(x), f'(x)) + lambda * R(theta')`")
+        card.add("Training", f"Objective: {objective} with points from the task's *editing* "
                  "split; best state chosen on the validation objective.\n\n"
                  + markdown_table(["setting", "value"], train_rows))
 
     # usage
     where = f'"{repo_id}"' if repo_id else '"path/to/this/folder"'
     zoo_ref = f'"{zoo["repo_id"]}"' if zoo.get("repo_id") else '"<zoo repo>"'
-    lam_arg = "" if lam is not None else f", lam={fmt(math.sqrt(lam_range[0] * lam_range[1]), 3)}"
+    if target_range is not None:
+        mid = target_range[0] + (target_range[1] - target_range[0]) / 2
+        lam_arg = f", target={fmt(mid, 3) if requirement == 'prune' else int(round(mid))}"
+    else:
+        lam_arg = "" if lam is not None or preference is not None else f", lam={fmt(math.sqrt(lam_range[0] * lam_range[1]), 3)}"
     card.add("Usage", f"""```python
 from hubedit import Editor, Zoo, load_task
 editor = Editor.from_pretrained({where})   # pin revision="<commit>" for reproducibility
@@ -193,7 +215,8 @@ def _eval_results(front: list[dict], info: dict, task_name: str, zoo: Mapping) -
             continue
         common = dict(task_type="tabular-classification", dataset_type=dataset_type, dataset_name=dataset_name,
                       dataset_split="validation", dataset_revision=zoo.get("revision"),
-                      metric_config=f"lambda={p.get('lam')}")
+                      metric_config=f"target={p['target']}" if "target" in p
+                      else f"preference={p['preference']}" if "preference" in p else f"lambda={p.get('lam')}")
         out.append(EvalResult(metric_type=info["metric_type"], metric_name=f"mean {info['metric_label']}",
                               metric_value=float(p["metric"]), **common))
         out.append(EvalResult(metric_type="jsd", metric_name="mean JSD to the original models",

@@ -14,6 +14,16 @@ def _lam_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _preference(text: str) -> tuple[float, ...]:
+    from ..errors import ConfigError
+    from ..train.scalarisation import check_preference, parse_preference
+
+    try:
+        return tuple(float(v) for v in check_preference(parse_preference(text), 2))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..requirements import REGISTRY
 
@@ -31,6 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lambda", dest="lam", type=float, help="trade-off weight of the requirement term")
     g.add_argument("--lambda-range", dest="lam_range", type=_lam_range, metavar="LOW,HIGH",
                    help="train one lambda-conditioned editor over this range (lambda chosen at edit time)")
+    g.add_argument("--target-range", dest="target_range", type=_lam_range, metavar="LOW,HIGH",
+                   help="train one target-conditioned editor: the requirement level (prune: fraction of weights "
+                        "kept, e.g. 0.05,0.8; minimise: kept-feature count, e.g. 1,13) is chosen at edit time and met "
+                        "exactly")
+    g.add_argument("--preference", type=_preference, metavar="R_JSD,R_REQ",
+                   help="with --scalarisation epo / linear: train for this preference over (JSD, requirement loss); "
+                        "EPO aims at the Pareto point where R_JSD * JSD = R_REQ * R")
+    t.add_argument("--scalarisation", choices=("lambda", "epo", "linear"), default=None,
+                   help="how JSD and the requirement are combined: lambda (JSD + lambda R; the default), epo (exact "
+                        "Pareto optimal search, Mahapatra & Rajan 2020) or linear (fixed weights from --preference)")
     t.add_argument("--out", required=True,
                    help="output folder (save_pretrained layout + checkpoint/ + train_log.jsonl); one that holds an "
                         "earlier run is refused unless --resume continues it")
@@ -40,6 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--hidden", type=int, default=64)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--edge-hidden", type=int, default=None, help="metanetwork edge width (default: hidden // 2)")
+    t.add_argument("--film", action="store_true",
+                   help="conditioned editors: the condition also scales and shifts every layer (FiLM)")
+    t.add_argument("--calibration", type=int, default=0, metavar="POINTS",
+                   help="the editor also reads per-weight features (|w|, |w * dL/dw| on the model's own labels) "
+                        "computed on this many points of the task's editing split, stored with the editor")
+    t.add_argument("--calibration-rounds", type=int, default=0, metavar="R",
+                   help="target-conditioned pruning with --calibration: the editor also reads the outcome of R "
+                        "rounds of iterative saliency pruning (on the model's own labels) towards the target")
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--zoo-fraction", type=float, default=1.0, help="train on this fraction of the zoo's train split")
@@ -58,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", required=True, help="model .safetensors file (hubedit MLP format)")
     e.add_argument("--lambda", dest="lam", type=float, action="append", default=None,
                    help="lambda for lambda-conditioned editors (repeat per editor when composing)")
+    e.add_argument("--target", type=float, action="append", default=None,
+                   help="requirement level for target-conditioned editors: fraction of weights kept (prune) or number "
+                        "of kept features (minimise); met exactly (repeat per editor when composing)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--push", metavar="REPO_ID", default=None,
                    help="publish the edited model (weights, ONNX, generated card, Pareto plot) in one commit")
@@ -79,16 +113,24 @@ def _train(args: argparse.Namespace) -> int:
     from ..train.loop import check_out_folder, has_checkpoint
     from ..zoo import Zoo
 
+    from ..errors import ConfigError
+
+    scalarisation = args.scalarisation or ("epo" if args.preference is not None else "lambda")
+    if (scalarisation == "lambda") != (args.preference is None):
+        raise ConfigError("--preference goes with --scalarisation epo or linear (and they with it)")
     check_out_folder(args.out, args.resume)  # before the zoo is opened (it may be downloaded)
     if args.resume and not has_checkpoint(args.out) and os.environ.get("RANK", "0") == "0":
         print(f"note: --resume: {args.out} holds no checkpoint (checkpoint/state.json) to continue from; "
               "starting a fresh run", file=sys.stderr, flush=True)
     zoo = Zoo.open(args.zoo, revision=args.zoo_revision)
     editor = train_editor(
-        zoo, args.requirement, variant=args.variant, lam=args.lam, lam_range=args.lam_range, out=args.out,
+        zoo, args.requirement, variant=args.variant, lam=args.lam, lam_range=args.lam_range,
+        target_range=args.target_range, preference=args.preference, scalarisation=scalarisation, out=args.out,
         resume=args.resume, progress=not args.no_progress, steps=args.steps, models_per_step=args.models_per_step,
         points_per_step=args.points_per_step, hidden=args.hidden, layers=args.layers, lr=args.lr,
         temperature=args.temperature, eval_every=args.eval_every, zoo_fraction=args.zoo_fraction, seed=args.seed,
+        lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, edge_hidden=args.edge_hidden, film=args.film,
+        calibration=args.calibration, calibration_rounds=args.calibration_rounds,
     )
     from accelerate import PartialState
 
@@ -97,7 +139,9 @@ def _train(args: argparse.Namespace) -> int:
         if state.is_main_process:
             print(f"{editor!r} saved to {args.out}")
             for p in editor.settings["validation_front"]:
-                print(f"  validation: lambda={p['lam']:.4g} metric={p['metric']:.4f} jsd={p['jsd']:.5f}")
+                level = (f"target={p['target']:.4g}" if "target" in p else f"preference={p['preference']}"
+                         if "preference" in p else f"lambda={p['lam']:.4g}")
+                print(f"  validation: {level} metric={p['metric']:.4f} jsd={p['jsd']:.5f}")
             if args.push:
                 editor.push_to_hub(args.push)
                 print(f"published {args.push}")
@@ -117,9 +161,10 @@ def _edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if len(editors) == 1:
         lam = args.lam[0] if args.lam else None
-        edited = editors[0].edit(model, lam=lam)
+        target = args.target[0] if args.target else None
+        edited = editors[0].edit(model, lam=lam, target=target)
     else:
-        edited = editors[0].then(*editors[1:]).edit(model, lams=args.lam)
+        edited = editors[0].then(*editors[1:]).edit(model, lams=args.lam, targets=args.target)
     path = edited.save(out / "model.safetensors")
     print(f"edited model written to {path}")
     print(json.dumps(edited.record, indent=2, default=str))

@@ -33,7 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run the evaluation protocol: every method at every strength on the zoo's validation models "
             "(task evaluation split) and test models (task test split); points chosen on validation, reported on "
             "test; hypervolume with reference point (1, ln 2); seconds per model for every method in the same run. "
-            "Writes OUT/report.md, OUT/results.json and OUT/pareto.png. "
+            "Every point carries its accuracy; points at or below the majority-class accuracy are marked degenerate and "
+            "left out of the best-method claims; non-finite points are counted. Fairness is also reported as EOD vs "
+            "label disagreement with the original and EOD vs error (1 - accuracy). "
+            "Writes OUT/report.md, OUT/results.json and OUT/pareto.png (fairness: also OUT/pareto-disagreement.png and "
+            "OUT/pareto-error.png). "
             "Several processes: --workers N on this machine, or under a launcher, e.g. "
             "`torchrun --nproc_per_node N -m hubedit pareto ...` or `accelerate launch --multi_gpu --num_processes N "
             "[--num_machines M --machine_rank R --main_process_ip IP] --main_process_port PORT -m hubedit pareto ...` "
@@ -60,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dm-n-keep", type=_ints, default=None, metavar="N1,N2,...",
                    help="kept-feature counts of FS (default: all of 1..F-1)")
     p.add_argument("--fs-retrain-n-keep", type=_ints, default=None, metavar="N1,N2,...",
-                   help="kept-feature counts of FS & Retrain (default: six geometrically spaced values of 1..F-1)")
+                   help="kept-feature counts of FS & Retrain (default: those of FS, --dm-n-keep)")
     p.add_argument("--fs-retrain-epochs", type=int, default=100, help="distillation epochs of FS & Retrain (paper: 100)")
     p.add_argument("--lottery-epochs", type=int, default=5, help="retraining epochs per lottery-ticket round")
     p.add_argument("--timing-models", type=int, default=5, help="models timed per method (0: no timing)")
@@ -80,7 +84,7 @@ def _pareto(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..editor import Editor
     from ..errors import ConfigError
-    from ..evaluation.protocol import ProtocolConfig, run_protocol
+    from ..evaluation.protocol import FRONT_AXES, ProtocolConfig, run_protocol
     from ..metrics.pareto import to_markdown
     from ..zoo import Zoo
 
@@ -113,7 +117,17 @@ def _pareto(args: argparse.Namespace) -> int:
     paths = result.save(args.out)
     print(f"{result.title}: {result.info['n_val_models']} validation / {result.info['n_test_models']} test models, "
           f"{result.info['seconds']:.1f} s")
-    print(to_markdown(result.hypervolume_table().drop(columns="kind")))
+    maj = result.majority_accuracy
+    if maj is not None:
+        print(f"majority-class accuracy: validation {maj['validation']:.4f}, test {maj['test']:.4f} "
+              "(points at or below it are degenerate)")
+    for axis in result.axes:
+        if len(result.axes) > 1:
+            print(f"\n{result.metric_name} vs {FRONT_AXES[axis][0]}:")
+        print(to_markdown(result.hypervolume_table(axis).drop(columns="kind")))
+    if result.nonfinite_total:
+        print(f"\nnon-finite points left out ({result.nonfinite_total} in all):")
+        print(to_markdown(result.nonfinite_table(), floatfmt=".0f"))
     print()
     print(result.timing_markdown())
     for kind, path in paths.items():

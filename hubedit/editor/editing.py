@@ -36,12 +36,23 @@ def run_edit(
     lam: torch.Tensor | None,
     lam_range: tuple[float, float] | None,
     hard: bool,
+    target: torch.Tensor | None = None,
+    target_range: tuple[float, float] | None = None,
 ) -> tuple[EditOutput, Edit]:
-    cond = lambda_condition(lam, lam_range) if lam_range is not None else None
-    out = metanet(data, cond=cond, with_logits=requirement.uses_mask_heads)
+    """The metanetwork's output and the requirement's edit. A lambda-conditioned editor gets ``lam`` (per model)
+    as its condition; a target-conditioned one (``target_range``) gets ``target`` (per model), which the
+    requirement's masks then meet exactly."""
+    if target_range is not None:
+        if target is None:
+            raise ValueError("a target-conditioned editor needs a target per model")
+        cond = requirement.target_condition(target, target_range)
+    else:
+        cond = lambda_condition(lam, lam_range) if lam_range is not None else None
+    keep = target if (target_range is not None and requirement.name == "prune") else None
+    out = metanet(data, cond=cond, with_logits=requirement.uses_mask_heads, **({"keep": keep} if keep is not None else {}))
     if isinstance(out, dict):  # an Editor (or its DDP wrapper) returns the fields as a dict
         out = EditOutput(**out)
-    return out, requirement.apply(data, out, hard=hard)
+    return out, requirement.apply(data, out, hard=hard, target=target if target_range is not None else None)
 
 
 def input_edge_mask(data: Data, input_mask: torch.Tensor) -> torch.Tensor:
@@ -96,6 +107,8 @@ def evaluate_edits(
     lam: float | None,
     lam_range: tuple[float, float] | None,
     chunk: int = 64,
+    target: float | None = None,
+    target_range: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard edits of ``graphs``: per-model requirement metric and JSD on ``(x, y, sensitive)``."""
     from torch_geometric.data import Batch
@@ -105,7 +118,9 @@ def evaluate_edits(
         batch = Batch.from_data_list(graphs[i : i + chunk])
         m = num_graphs(batch)
         lam_t = torch.full((m,), float(lam if lam is not None else 1.0))
-        _, edit = run_edit(metanet, requirement, batch, lam=lam_t, lam_range=lam_range, hard=True)
+        target_t = None if target is None else torch.full((m,), float(target), dtype=torch.float64)
+        _, edit = run_edit(metanet, requirement, batch, lam=lam_t, lam_range=lam_range, hard=True,
+                           target=target_t, target_range=target_range)
         outcome, jsd = score(requirement, batch, edit, x, y, sensitive)
         metrics.append(requirement.metric(outcome))
         jsds.append(jsd.double())

@@ -38,7 +38,8 @@ SAVED_SETTINGS_KEY = "hubedit_editor"
 # the settings that decide what the weights compute: a config.json that changes any of them does not belong
 # to the weights (zoo, validation front, training record and version are provenance)
 WEIGHT_BOUND_SETTINGS = (
-    "requirement", "variant", "task", "lam", "lam_range", "temperature", "feature_schema", "metanet",
+    "requirement", "variant", "task", "lam", "lam_range", "temperature", "feature_schema", "metanet", "target_range",
+    "preference",
 )
 
 
@@ -56,7 +57,10 @@ class Editor(
         task: task name (``"adult"``, ``"bank"``).
         variant: the requirement's variant (default: its first).
         lam: the trade-off weight it was trained for; or
-        lam_range: ``[low, high]`` for a lambda-conditioned editor (pick lambda at edit time).
+        lam_range: ``[low, high]`` for a lambda-conditioned editor (pick lambda at edit time); or
+        target_range: ``[low, high]`` for a target-conditioned editor: pick the requirement level at edit time
+            (``edit(model, target=0.2)``: keep exactly 20 % of the weights; for data minimisation a number of
+            kept features) and the edit meets it exactly on every model.
         feature_schema: the task's schema (``Task.schema()``); edits of models with another input size are refused.
         metanet: keyword arguments of :class:`GraphMetanetwork`.
         temperature: softmax temperature of the mask heads.
@@ -80,13 +84,23 @@ class Editor(
         validation_front: list[dict] | None = None,
         training: dict | None = None,
         hubedit_version: str = __version__,
+        target_range: list[float] | None = None,
+        preference: list[float] | None = None,
     ):
         super().__init__()
-        if (lam is None) == (lam_range is None):
+        if sum(v is not None for v in (lam, lam_range, target_range, preference)) != 1:
             raise ConfigError(
-                f"an editor needs exactly one of lam (a trained trade-off) or lam_range (lambda-conditioned); "
-                f"got lam={lam!r}, lam_range={lam_range!r}"
+                f"an editor needs exactly one of lam (a trained trade-off), lam_range (lambda-conditioned), "
+                f"target_range (target-conditioned) or preference (trained by EPO / linear scalarisation for a "
+                f"preference over (JSD, requirement)); got lam={lam!r}, lam_range={lam_range!r}, "
+                f"target_range={target_range!r}, preference={preference!r}"
             )
+        if preference is not None:
+            if not (isinstance(preference, (list, tuple)) and len(preference) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                            for v in preference)):
+                raise ConfigError(f"preference must be two positive finite numbers (r_jsd, r_requirement), got {preference!r}")
+            preference = [float(v) for v in preference]
         if lam is not None and not (lam >= 0 and math.isfinite(lam)):
             raise ConfigError(f"lam must be a finite number >= 0, got {lam!r}")
         if lam_range is not None:
@@ -109,14 +123,28 @@ class Editor(
                 f"metanet max_in={net_kwargs['max_in']}, max_out={net_kwargs['max_out']} do not cover the task's "
                 f"{schema['n_features']} features and {schema.get('n_classes', 2)} classes"
             )
-        net_kwargs["cond_dim"] = 1 if lam_range is not None else 0
+        if target_range is not None:
+            target_range = list(self.requirement.check_target_range(target_range, schema["n_features"]))
+        if net_kwargs.get("calibration_rounds") and (requirement != "prune" or target_range is None):
+            raise ConfigError("calibration_rounds (iterative saliency towards the kept fraction) is for target-"
+                              f"conditioned pruning editors; got requirement {requirement!r}, target_range {target_range!r}")
+        net_kwargs["cond_dim"] = 1 if lam_range is not None or target_range is not None else 0
         self.metanet = GraphMetanetwork(**net_kwargs)
+        if self.metanet.calibration_inputs is not None:  # a fixed, seeded draw from the task's editing split
+            x_edit = load_task(task).split("editing")[0]
+            n = self.metanet.calibration_inputs.shape[0]
+            if n > x_edit.shape[0]:
+                raise ConfigError(f"calibration={n} points, but the {task} editing split has {x_edit.shape[0]}")
+            pick = torch.randperm(x_edit.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+            self.metanet.calibration_inputs[:, : x_edit.shape[1]] = x_edit[pick].to(self.metanet.calibration_inputs.dtype)
         self.settings: dict[str, Any] = {
             "requirement": requirement,
             "variant": self.requirement.variant,
             "task": task,
             "lam": None if lam is None else float(lam),
             "lam_range": lam_range,
+            "target_range": target_range,
+            "preference": preference,
             "feature_schema": schema,
             "metanet": dict(self.metanet.config),
             "temperature": float(temperature),
@@ -142,12 +170,18 @@ class Editor(
         return None if r is None else (r[0], r[1])
 
     @property
+    def target_range(self) -> tuple[float, float] | None:
+        r = self.settings.get("target_range")
+        return None if r is None else (r[0], r[1])
+
+    @property
     def feature_schema(self) -> dict:
         return self.settings["feature_schema"]
 
     def __repr__(self) -> str:
         s = self.settings
-        trade = f"lam={s['lam']}" if s["lam"] is not None else f"lam_range={s['lam_range']}"
+        trade = (f"lam={s['lam']}" if s["lam"] is not None else f"lam_range={s['lam_range']}" if s["lam_range"]
+                 else f"target_range={s['target_range']}")
         return f"Editor(requirement={s['requirement']!r}, variant={s['variant']!r}, task={s['task']!r}, {trade})"
 
     # --- checks at the boundary ---------------------------------------------------------------------------
@@ -174,7 +208,30 @@ class Editor(
             )
         model.check_finite()
 
+    def _target_tensor(self, target: float | None, m: int) -> torch.Tensor | None:
+        if self.target_range is None:
+            if target is not None:
+                raise ConfigError(f"this editor trades off with lambda (lam={self.lam}, lam_range={self.lam_range}); "
+                                  "it takes no target: train one with target_range for that")
+            return None
+        lo, hi = self.target_range
+        what = self.requirement.target_name
+        if target is None:
+            raise ConfigError(f"this editor is target-conditioned: pass target ({what}) in [{lo:g}, {hi:g}] to edit()")
+        if not (isinstance(target, (int, float)) and lo <= float(target) <= hi):
+            raise ConfigError(f"target={target!r} ({what}) is outside the range the editor was trained on, [{lo:g}, {hi:g}]")
+        return torch.full((m,), float(target), dtype=torch.float64)
+
     def _lam_tensor(self, lam: float | None, m: int) -> torch.Tensor:
+        if self.settings.get("preference") is not None:
+            if lam is not None:
+                raise ConfigError(f"this editor was trained for the preference {self.settings['preference']} over "
+                                  "(JSD, requirement); it takes no lam")
+            return torch.ones(m)
+        if self.target_range is not None:
+            if lam is not None:
+                raise ConfigError("this editor is target-conditioned: pass target=..., not lam")
+            return torch.ones(m)
         if self.lam_range is None:
             if lam is not None and float(lam) != self.lam:
                 raise ConfigError(
@@ -189,41 +246,48 @@ class Editor(
             raise ConfigError(f"lam={lam} is outside the range the editor was trained on, [{lo}, {hi}]")
         return torch.full((m,), float(lam))
 
-    def forward(self, data, cond: torch.Tensor | None = None, with_logits: bool = True) -> dict:
+    def forward(self, data, cond: torch.Tensor | None = None, with_logits: bool = True,
+                keep: torch.Tensor | None = None) -> dict:
         """The metanetwork's raw output for a parameter graph batch (what training differentiates), as a
         dict so that DistributedDataParallel can find the output tensors."""
-        return vars(self.metanet(data, cond=cond, with_logits=with_logits))
+        return vars(self.metanet(data, cond=cond, with_logits=with_logits, keep=keep))
 
     # --- editing ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def edit(self, model: MLP, *, lam: float | None = None) -> EditedMLP:
-        """Edit one model (graph build, one forward pass, write-back). Returns a new :class:`EditedMLP`."""
-        return self.edit_many([model], lam=lam, batch_size=1)[0]
+    def edit(self, model: MLP, *, lam: float | None = None, target: float | None = None) -> EditedMLP:
+        """Edit one model (graph build, one forward pass, write-back). Returns a new :class:`EditedMLP`.
+        ``target`` is the requirement level of a target-conditioned editor (see ``target_range``)."""
+        return self.edit_many([model], lam=lam, target=target, batch_size=1)[0]
 
     @torch.no_grad()
     def edit_many(
-        self, models: Sequence[MLP], *, lam: float | None = None, batch_size: int = 64, accelerator=None
+        self, models: Sequence[MLP], *, lam: float | None = None, batch_size: int = 64, accelerator=None,
+        target: float | None = None,
     ) -> list[EditedMLP]:
         """Edit a list of models in batches of ``batch_size`` graphs. With an ``accelerate.Accelerator``
         (several processes), each process edits its share and the results are gathered on every process."""
         models = list(models)
         for mdl in models:
             self.check_model(mdl)
+        self._target_tensor(target, 1)  # checked before any work
+        self._lam_tensor(lam, 1)
         if accelerator is not None and accelerator.num_processes > 1:
-            return self._edit_distributed(models, lam, batch_size, accelerator)
+            return self._edit_distributed(models, lam, batch_size, accelerator, target)
         self.eval()
         out: list[EditedMLP] = []
         for i in range(0, len(models), batch_size):
-            out.extend(self._edit_batch(models[i : i + batch_size], lam))
+            out.extend(self._edit_batch(models[i : i + batch_size], lam, target))
         return out
 
-    def _edit_batch(self, models: list[MLP], lam: float | None) -> list[EditedMLP]:
+    def _edit_batch(self, models: list[MLP], lam: float | None, target: float | None = None) -> list[EditedMLP]:
         start = time.perf_counter()
         device = next(self.parameters()).device
         batch = mlps_to_batch(models).to(device)
         m = len(models)
         lam_t = self._lam_tensor(lam, m).to(device)
-        _, edit = run_edit(self.metanet, self.requirement, batch, lam=lam_t, lam_range=self.lam_range, hard=True)
+        target_t = self._target_tensor(target, m)
+        _, edit = run_edit(self.metanet, self.requirement, batch, lam=lam_t, lam_range=self.lam_range, hard=True,
+                           target=None if target_t is None else target_t.to(device), target_range=self.target_range)
         ev, nv = folded_values(batch, edit)
         written = batch_to_mlps(batch, ev, nv)
         seconds = (time.perf_counter() - start) / m
@@ -236,6 +300,7 @@ class Editor(
                 "requirement": self.settings["requirement"],
                 "variant": self.settings["variant"],
                 "lam": float(lam) if lam is not None else self.lam,
+                "target": None if target is None else float(target),
                 "task": self.task,
                 "editor": dict(self.source) or {"settings": "unsaved editor"},
                 "original": getattr(orig, "source", None),
@@ -247,7 +312,7 @@ class Editor(
             results.append(EditedMLP.wrap(new.cpu(), record))
         return results
 
-    def _edit_distributed(self, models, lam, batch_size, accelerator) -> list[EditedMLP]:
+    def _edit_distributed(self, models, lam, batch_size, accelerator, target=None) -> list[EditedMLP]:
         from accelerate.utils import gather_object
 
         rank, world = accelerator.process_index, accelerator.num_processes
@@ -255,7 +320,7 @@ class Editor(
         edited = []
         for i in range(0, len(mine), batch_size):
             chunk = mine[i : i + batch_size]
-            for idx, e in zip(chunk, self._edit_batch([models[j] for j in chunk], lam)):
+            for idx, e in zip(chunk, self._edit_batch([models[j] for j in chunk], lam, target)):
                 edited.append((idx, e.to_bytes()))
         gathered = gather_object(edited)
         by_index = dict(gathered)
@@ -499,6 +564,8 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "variant": (str, type(None)),
     "lam": (*_NUMBER, type(None)),
     "lam_range": (list, type(None)),
+    "target_range": (list, type(None)),
+    "preference": (list, type(None)),
     "feature_schema": (dict, type(None)),
     "metanet": (dict, type(None)),
     "temperature": _NUMBER,
@@ -510,7 +577,7 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
 _METANET_TYPES: dict[str, tuple[type, ...]] = {
     "hidden": (int,), "layers": (int,), "max_in": (int,), "max_out": (int,), "max_depth": (int,),
     "edge_hidden": (int, type(None)), "activation": (str,), "mask_classes": (int,), "alpha_init": _NUMBER,
-    "node_norm": (bool,), "edge_norm": (bool,), "cond_dim": (int,),
+    "node_norm": (bool,), "edge_norm": (bool,), "cond_dim": (int,), "film": (bool,), "calibration": (int,), "calibration_rounds": (int,),
 }
 
 
@@ -551,6 +618,12 @@ def _check_settings(config: Any, where: str) -> dict:
                                     for v in lam_range)
     ):
         raise ConfigError(f"{where}: lam_range must be [low, high] (two finite numbers), got {lam_range!r}")
+    target_range = config.get("target_range")
+    if target_range is not None and not (
+        len(target_range) == 2 and all(isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in target_range)
+    ):
+        raise ConfigError(f"{where}: target_range must be [low, high] (two finite numbers), got {target_range!r}")
     net = config.get("metanet") or {}
     _check_types(net, _METANET_TYPES, where, "metanet")
     least = {"hidden": 1, "layers": 1, "max_in": 1, "max_out": 2, "max_depth": 1, "edge_hidden": 1, "mask_classes": 2,
@@ -573,7 +646,8 @@ def _check_settings(config: Any, where: str) -> dict:
             )
     training = config.get("training") or {}
     recorded = {"requirement": training.get("requirement"), "variant": training.get("variant"),
-                "lam": training.get("lam"), "lam_range": training.get("lam_range")}
+                "lam": training.get("lam"), "lam_range": training.get("lam_range"),
+                "target_range": training.get("target_range")}
     for key, value in recorded.items():
         if value is not None and config.get(key) is not None and _canonical(value) != _canonical(config[key]):
             raise ConfigError(
@@ -667,15 +741,20 @@ class EditorPipeline:
         self.editors = editors
 
     @torch.no_grad()
-    def edit(self, model: MLP, *, lams: Sequence[float | None] | None = None) -> EditedMLP:
+    def edit(self, model: MLP, *, lams: Sequence[float | None] | None = None,
+             targets: Sequence[float | None] | None = None) -> EditedMLP:
+        """Edit ``model`` with each editor in turn; ``lams`` / ``targets`` give each editor its lambda (lambda-
+        conditioned editors) or target (target-conditioned ones), None where an editor takes none."""
         lams = list(lams) if lams is not None else [None] * len(self.editors)
-        if len(lams) != len(self.editors):
-            raise ConfigError(f"expected {len(self.editors)} lambdas (one per editor), got {len(lams)}")
+        targets = list(targets) if targets is not None else [None] * len(self.editors)
+        if len(lams) != len(self.editors) or len(targets) != len(self.editors):
+            raise ConfigError(f"expected {len(self.editors)} lambdas and targets (one per editor, None where an "
+                              f"editor takes none), got {len(lams)} and {len(targets)}")
         current: MLP = model
         kept: list[int] | None = None
         steps = []
-        for editor, lam in zip(self.editors, lams):
-            current = editor.edit(current, lam=lam)
+        for editor, lam, target in zip(self.editors, lams, targets):
+            current = editor.edit(current, lam=lam, target=target)
             if current.kept_features is not None:
                 kept = current.kept_features if kept is None else sorted(set(kept) & set(current.kept_features))
             if kept is not None:

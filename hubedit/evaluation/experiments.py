@@ -1,10 +1,11 @@
 """The paper's two further experiments: composing editors (A.7) and training-sample efficiency (section 5).
 
 * :func:`run_composition` -- a data-minimisation editor followed by a pruning editor,
-  ``dm_editor.then(prune_editor).edit(model)``, against a data-minimisation baseline followed by a pruning
-  baseline (default FS & Retrain, then magnitude pruning). The baseline keeps, *per model*, exactly as
-  many features as the DM editor kept for that model, so both compositions are compared at the same number
-  of kept features; the pruning strengths are swept. Reported per point: kept features, fraction of
+  ``dm_editor.then(prune_editor).edit(model)``, against a data-minimisation baseline followed by pruning
+  baselines (default FS & Retrain, then SNIP -- the paper's A.7 comparison -- and, beside it, FS & Retrain
+  then magnitude pruning). The baseline keeps, *per model*, exactly as many features as the DM editor kept
+  for that model, so both compositions are compared at the same number of kept features; the pruning
+  strengths are swept. Reported per point: kept features, fraction of
   weights kept, JSD to the original model and accuracy (test split of the zoo, test data of the task).
 * :func:`train_fraction_editors` / :func:`run_sample_efficiency` -- pruning editors trained on 10 / 25 /
   50 / 75 / 100 % of the zoo's train split at a few lambdas, evaluated with the protocol of
@@ -47,6 +48,8 @@ __all__ = [
     "load_or_train_editor",
     "EditorJob",
     "load_or_train_editors",
+    "fraction_editor_jobs",
+    "fraction_editors_from",
     "train_fraction_editors",
     "SampleEfficiencyResult",
     "run_sample_efficiency",
@@ -76,20 +79,36 @@ class CompositionResult:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
-    def groups(self) -> dict[str, np.ndarray]:
-        """``{"<method> | DM <dm strength> (k.k features)": (weights_kept, jsd) points}``, one per DM level."""
+    def groups(self, with_features: bool = True) -> dict[str, np.ndarray]:
+        """``{"<method> | DM <dm strength> (k.k features)": (weights_kept, jsd) points}``, one per DM level (without
+        the mean kept features when not ``with_features``: the same key in every seed)."""
         out: dict[str, list] = {}
         for r in self.rows:
-            key = f"{r['method']} | DM {r['dm']} ({r['dm_kept_features']:.1f} feat.)"
+            key = f"{r['method']} | DM {r['dm']}" + (f" ({r['dm_kept_features']:.1f} feat.)" if with_features else "")
             out.setdefault(key, []).append((r["weights_kept"], r["jsd"]))
         return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
+    @property
+    def prune_baselines(self) -> list[str]:
+        """Display names of the pruning baselines composed after the DM baseline (older results: the one)."""
+        names = self.info.get("prune_baselines")
+        if names is None:
+            names = [self.info["prune_baseline"]] if self.info.get("prune_baseline") else []
+        return list(names)
+
+    @property
+    def common_x(self) -> float:
+        """Smallest mean fraction of weights kept among the baseline points (0 without baselines): the left end
+        of the baselines' range."""
+        base_x = [r["weights_kept"] for r in self.rows if r["kind"] == "baseline"]
+        return float(min(base_x)) if base_x else 0.0
+
     def hypervolume_table(self) -> pd.DataFrame:
         """Per (method, DM level): mean kept features and the hypervolume of its (weights kept, JSD) points
-        (reference point (1, ln 2)); also on the baselines' range only (points below the smallest fraction of
-        weights a baseline keeps moved up to it, as in :meth:`ProtocolResult.common_hypervolume`)."""
-        base_x = [r["weights_kept"] for r in self.rows if r["kind"] == "baseline"]
-        x_lo = min(base_x) if base_x else 0.0
+        (reference point (1, ln 2)); also on the baselines' range only (points below :attr:`common_x`, the
+        smallest fraction of weights a baseline keeps, moved up to it, as in
+        :meth:`ProtocolResult.common_hypervolume`)."""
+        x_lo = self.common_x
         rows = []
         seen = set()
         for r in self.rows:
@@ -103,7 +122,7 @@ class CompositionResult:
             rows.append({
                 "method": r["method"], "DM strength": r["dm"], "kept features": r["dm_kept_features"],
                 "hypervolume (weights kept, JSD)": hypervolume(pts, ref=DEFAULT_REF),
-                f"HV on baselines' range (weights kept >= {x_lo:.3g})": hypervolume(clipped, ref=DEFAULT_REF),
+                "HV on baselines' range": hypervolume(clipped, ref=DEFAULT_REF),
                 "points": len(pts),
             })
         return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
@@ -129,9 +148,9 @@ class CompositionResult:
         lines = [f"{h} Composition: data minimisation, then pruning ({self.task.capitalize()}, paper A.7)", ""]
         lines.append(
             f"{i.get('n_models', '?')} {i.get('split', 'test')} models of {i.get('zoo', '?')} on the task's "
-            f"{i.get('data_split', 'test')} split. Editors: `dm_editor.then(prune_editor).edit(model)`. Baseline: "
+            f"{i.get('data_split', 'test')} split. Editors: `dm_editor.then(prune_editor).edit(model)`. Baselines: "
             f"{i.get('dm_baseline', '?')} keeping, per model, as many features as the DM editor kept, then "
-            f"{i.get('prune_baseline', '?')} at keep in {i.get('prune_keeps', '?')}."
+            f"{' / '.join(self.prune_baselines) or '?'} at keep in {i.get('prune_keeps', '?')}."
         )
         c = self.checks()
         lines.append(f"Checks: dropped features stay dropped: {c['dropped_features_stay_dropped']}; composition keeps "
@@ -141,7 +160,9 @@ class CompositionResult:
             lines += [f"![composition]({plot_path})", ""]
         hv = self.hypervolume_table()
         if len(hv):
-            lines += [f"{h}# Hypervolume per DM level (x = weights kept, y = JSD)", "", to_markdown(hv), ""]
+            lines += [f"{h}# Hypervolume per DM level (x = weights kept, y = JSD)", "",
+                      f"`HV on baselines' range`: every point below weights kept = {self.common_x:.3g} (the fewest "
+                      "weights a baseline keeps) moved up to it.", "", to_markdown(hv), ""]
         df = self.frame()
         if len(df):
             cols = ["method", "dm", "prune", "kept_features", "weights_kept", "jsd", "accuracy", "dm_kept_features",
@@ -190,7 +211,7 @@ def run_composition(
     dm_lambdas: Sequence[float] | None = None,
     prune_lambdas: Sequence[float] | None = None,
     dm_baseline: str | None = "fs-retrain",
-    prune_baseline: str | None = "magnitude",
+    prune_baseline: str | Sequence[str] | None = ("snip", "magnitude"),
     prune_keeps: Sequence[float] = (0.7, 0.5, 0.3, 0.2, 0.1, 0.05),
     fs_retrain_epochs: int = 100,
     pfi_repeats: int = 5,
@@ -198,15 +219,19 @@ def run_composition(
     max_models: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    subset_seed: int = 0,
 ) -> CompositionResult:
     """Data minimisation then pruning: editors composed with :meth:`Editor.then` against baselines.
 
     ``dm_editors`` / ``prune_editors``: editors (per-lambda and/or lambda-conditioned; conditioned ones are
     run at ``dm_lambdas`` / ``prune_lambdas``). Every DM run is composed with every pruning run. The baseline
-    (``dm_baseline`` in ``"fs"``, ``"fs-retrain"``; ``prune_baseline`` in random, magnitude, grad, snip,
-    lottery-ticket; None for none) keeps per model the number of features the DM editor kept for it, then
-    prunes at every ``prune_keeps``. Data for the baselines: the task's editing split. Evaluated on the zoo's
-    ``split`` models (``test``: task test data; ``validation``: task evaluation data).
+    (``dm_baseline`` in ``"fs"``, ``"fs-retrain"``; ``prune_baseline`` one or several of random, magnitude,
+    grad, snip, lottery-ticket, default SNIP (the paper's) and magnitude; None for none) keeps per model the
+    number of features the DM editor kept for it, then prunes at every ``prune_keeps`` with each pruning
+    baseline (one DM baseline model per model and feature count, shared by the pruning baselines). Data for the
+    baselines: the task's editing split; ``seed`` seeds permutation importance, FS & Retrain, SNIP, Random and
+    Lottery Ticket, ``subset_seed`` the subset of ``max_models`` models (apart, so that seeds share the models). Evaluated on the zoo's ``split`` models (``test``: task test data;
+    ``validation``: task evaluation data).
     """
     from tqdm.auto import tqdm
 
@@ -218,7 +243,7 @@ def run_composition(
     X, y, _ = task.split(data_split)
     Xe, ye, _ = task.split("editing")
     zs = zoo[split]
-    idx = _subset(zs, max_models, seed)
+    idx = _subset(zs, max_models, subset_seed)
     models = [zs[i].to_module() for i in idx]
     if not models:
         raise ValueError(f"the zoo has no {split} models")
@@ -234,16 +259,20 @@ def run_composition(
             raise ValueError(f"prune_editors must be pruning editors, got {r.editor!r}")
     if dm_baseline is not None and dm_baseline not in _DM_BASELINES:
         raise ValueError(f"dm_baseline must be one of {list(_DM_BASELINES)} or None, got {dm_baseline!r}")
-    if prune_baseline is not None and prune_baseline not in _PRUNE_BASELINES:
-        raise ValueError(f"prune_baseline must be one of {list(_PRUNE_BASELINES)} or None, got {prune_baseline!r}")
+    prune_names = [] if prune_baseline is None else [prune_baseline] if isinstance(prune_baseline, str) else list(prune_baseline)
+    for name in prune_names:
+        if name not in _PRUNE_BASELINES:
+            raise ValueError(f"prune_baseline must be one or several of {list(_PRUNE_BASELINES)}, or None; got {name!r}")
+    if len(set(prune_names)) != len(prune_names):
+        raise ValueError(f"prune_baseline lists a baseline twice: {prune_names}")
 
     rows: list[dict[str, Any]] = []
     importance: dict[int, torch.Tensor] = {}
     dm_cache: dict[tuple[int, int], Any] = {}
-    total = len(dm_runs) * len(models) * (len(pr_runs) + (len(prune_keeps) if dm_baseline and prune_baseline else 0))
+    total = len(dm_runs) * len(models) * (len(pr_runs) + (len(prune_keeps) * len(prune_names) if dm_baseline else 0))
     bar = tqdm(total=total, desc="composition", disable=not progress, leave=False, unit="model")
 
-    def prune_b(model, keep):
+    def prune_b(prune_baseline, model, keep):
         if prune_baseline == "random":
             return baselines.random_prune(model, keep, seed=seed)
         if prune_baseline == "magnitude":
@@ -270,7 +299,7 @@ def run_composition(
             rows.append({"method": f"{d.method} → {p.method}", "kind": "editor", "dm": d.label, "prune": p.label,
                          "kept_features": float(kf.mean()), "weights_kept": float(wk.mean()), "jsd": float(j.mean()),
                          "accuracy": float(acc.mean()), "dropped_stay_dropped": bool(stay), **dm_stats})
-        if dm_baseline is None or prune_baseline is None:
+        if dm_baseline is None or not prune_names:
             continue
         # baseline DM step at the editor's per-model feature count (cached across DM runs)
         base_dm = []
@@ -288,21 +317,23 @@ def run_composition(
         bkf, bwk, bj, bacc = _measure(base_dm, ref, X, y)
         b_stats = {"dm_kept_features": float(bkf.mean()), "dm_weights_kept": float(bwk.mean()),
                    "dm_jsd": float(bj.mean()), "dm_accuracy": float(bacc.mean())}
-        name = f"{_DM_BASELINES[dm_baseline]} → {_PRUNE_BASELINES[prune_baseline]}"
-        for keep in prune_keeps:
-            pruned = []
-            for m in base_dm:
-                pruned.append(prune_b(m, float(keep)))
-                bar.update(1)
-            kf, wk, j, acc = _measure(pruned, ref, X, y)
-            rows.append({"method": name, "kind": "baseline", "dm": f"as {d.label}", "prune": f"keep={keep:g}",
-                         "kept_features": float(kf.mean()), "weights_kept": float(wk.mean()), "jsd": float(j.mean()),
-                         "accuracy": float(acc.mean()), "dropped_stay_dropped": True, **b_stats})
+        for prune_name in prune_names:
+            name = f"{_DM_BASELINES[dm_baseline]} → {_PRUNE_BASELINES[prune_name]}"
+            for keep in prune_keeps:
+                pruned = []
+                for m in base_dm:
+                    pruned.append(prune_b(prune_name, m, float(keep)))
+                    bar.update(1)
+                kf, wk, j, acc = _measure(pruned, ref, X, y)
+                rows.append({"method": name, "kind": "baseline", "dm": f"as {d.label}", "prune": f"keep={keep:g}",
+                             "kept_features": float(kf.mean()), "weights_kept": float(wk.mean()), "jsd": float(j.mean()),
+                             "accuracy": float(acc.mean()), "dropped_stay_dropped": True, **b_stats})
     bar.close()
     info = {
         "zoo": _zoo_label(zoo), "split": split, "data_split": data_split, "n_models": len(models),
         "model_ids": [zs[i].model_id for i in idx],
-        "dm_baseline": _DM_BASELINES.get(dm_baseline or "", None), "prune_baseline": _PRUNE_BASELINES.get(prune_baseline or "", None),
+        "dm_baseline": _DM_BASELINES.get(dm_baseline or "", None),
+        "prune_baselines": [_PRUNE_BASELINES[n] for n in prune_names], "seed": seed, "subset_seed": subset_seed,
         "prune_keeps": [float(k) for k in prune_keeps], "fs_retrain_epochs": fs_retrain_epochs,
         "dm_runs": [{"method": r.method, "lam": r.effective_lam} for r in dm_runs],
         "prune_runs": [{"method": r.method, "lam": r.effective_lam} for r in pr_runs],
@@ -468,6 +499,26 @@ def _train_alone_main() -> None:
                          lam_range=spec["lam_range"], progress=False, **spec["train"])
 
 
+def fraction_editor_jobs(out: str | os.PathLike, *, fractions: Sequence[float] = FRACTIONS,
+                         lambdas: Sequence[float] = (0.01, 0.1, 1.0), requirement: str = "prune",
+                         variant: str | None = "prune-edit", **train_kwargs: Any) -> list[EditorJob]:
+    """The :class:`EditorJob` of every (fraction, lambda) editor of :func:`train_fraction_editors`, fraction-major,
+    in ``out/frac-<f>/lam-<lambda>``: jobs of several seeds (``seed=`` in ``train_kwargs``, one ``out`` each) can
+    go to one :func:`load_or_train_editors` call, shared out together."""
+    return [EditorJob(requirement, Path(out) / f"frac-{f:g}" / f"lam-{lam:g}", variant, float(lam), None,
+                      {**train_kwargs, "zoo_fraction": float(f)}) for f in fractions for lam in lambdas]
+
+
+def fraction_editors_from(editors: Sequence, fractions: Sequence[float], lambdas: Sequence[float]) -> dict[float, list]:
+    """``{fraction: [editor per lambda]}`` from the editors of :func:`fraction_editor_jobs`' jobs, in job order."""
+    editors = list(editors)
+    if len(editors) != len(fractions) * len(lambdas):
+        raise ValueError(f"expected {len(fractions)} fractions x {len(lambdas)} lambdas = "
+                         f"{len(fractions) * len(lambdas)} editors, got {len(editors)}")
+    it = iter(editors)
+    return {float(f): [next(it) for _ in lambdas] for f in fractions}
+
+
 def train_fraction_editors(
     zoo,
     *,
@@ -484,10 +535,9 @@ def train_fraction_editors(
     ones trained with the same settings are loaded instead of retrained (:func:`load_or_train_editors`; under a
     launcher the editors are shared out over the processes)."""
     if out is not None:  # shared out over the processes of a launched world (load_or_train_editors)
-        jobs = [EditorJob(requirement, Path(out) / f"frac-{f:g}" / f"lam-{lam:g}", variant, float(lam), None,
-                          {**train_kwargs, "zoo_fraction": float(f)}) for f in fractions for lam in lambdas]
-        eds = iter(load_or_train_editors(zoo, jobs, progress=progress))
-        return {float(f): [next(eds) for _ in lambdas] for f in fractions}
+        jobs = fraction_editor_jobs(out, fractions=fractions, lambdas=lambdas, requirement=requirement,
+                                    variant=variant, **train_kwargs)
+        return fraction_editors_from(load_or_train_editors(zoo, jobs, progress=progress), fractions, lambdas)
     result: dict[float, list] = {}
     for f in fractions:
         result[float(f)] = [load_or_train_editor(zoo, requirement, None, variant=variant, lam=float(lam),
@@ -505,18 +555,24 @@ class SampleEfficiencyResult:
     train_models: dict[str, int | None]
 
     def table(self) -> pd.DataFrame:
-        hvs = self.protocol.hypervolumes
-        base = self.protocol.baseline_methods
-        best = max(base, key=lambda b: hvs[b]) if base else None
+        """Per fraction, then per baseline: test hypervolume with all points and without degenerate points
+        (:meth:`ProtocolResult.hypervolume`), and the difference to the best baseline -- the one of largest
+        hypervolume without degenerate points, among baselines that have such a point -- without them."""
+        p = self.protocol
+        hvs, ok = p.hypervolumes, p.hypervolumes_for(exclude_degenerate=True)
+        base = p.baseline_methods
+        fit = [b for b in base if len(p.front(b, exclude_degenerate=True))]
+        best = max(fit, key=lambda b: ok[b]) if fit else None
         rows = []
         for name, f in self.fractions.items():
             row = {"method": name, "zoo fraction": f, "train models": self.train_models.get(name),
-                   "hypervolume": hvs[name]}
+                   "hypervolume": hvs[name], "HV w/o degenerate": ok[name]}
             if best is not None:
-                row[f"vs best baseline ({best})"] = hvs[name] - hvs[best]
+                row[f"vs best baseline ({best}; w/o degenerate)"] = ok[name] - ok[best]
             rows.append(row)
         for b in base:
-            rows.append({"method": b, "zoo fraction": math.nan, "train models": None, "hypervolume": hvs[b]})
+            rows.append({"method": b, "zoo fraction": math.nan, "train models": None, "hypervolume": hvs[b],
+                         "HV w/o degenerate": ok[b]})
         df = pd.DataFrame(rows).set_index("method")
         df["train models"] = df["train models"].astype("Int64")
         return df

@@ -97,9 +97,11 @@ def matched_comparison(
     pfi_repeats: int = 5,
     seed: int = 0,
     batch_size: int = 64,
+    subset_seed: int = 0,
 ) -> MatchedResult:
     """Compare every run of ``editors`` (see :func:`~hubedit.evaluation.protocol.editor_runs`) with the
-    requirement's matched baseline on ``zoo[split]`` (a seeded subset of ``max_models``, the protocol's)."""
+    requirement's matched baseline on ``zoo[split]`` (at most ``max_models``, drawn with ``subset_seed`` as the
+    protocol draws them; ``seed`` seeds permutation importance)."""
     from .. import baselines
 
     if requirement not in MATCHED_BASELINES:
@@ -108,7 +110,7 @@ def matched_comparison(
     X, y, _ = task.split("test" if split == "test" else "evaluation")
     Xe, ye, _ = task.split("editing")
     zs = zoo[split]
-    models = [zs[i].to_module() for i in _subset(zs, max_models, seed)]
+    models = [zs[i].to_module() for i in _subset(zs, max_models, subset_seed)]
     if not models:
         raise ValueError(f"the zoo has no {split} models")
     with torch.no_grad():

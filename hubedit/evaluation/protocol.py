@@ -2,7 +2,8 @@
 
 For every method -- trained editors and the requirement's baselines -- and every strength of the method
 (an editor's lambda, a pruning ``keep``, a number of kept features, a fairness tolerance ...), the protocol
-computes the mean requirement metric, mean JSD to the original model and mean accuracy
+computes the mean requirement metric, mean JSD to the original model, mean accuracy and mean label disagreement
+with the original model (fraction of points whose predicted label differs from the original's)
 
 * over the zoo's **validation** models, on the task's *evaluation* split (model selection), and
 * over the zoo's **test** models, on the task's *test* split (what is reported).
@@ -10,7 +11,15 @@ computes the mean requirement metric, mean JSD to the original model and mean ac
 Points are chosen on validation (the Pareto front of a method's validation points) and reported on test
 (:func:`~hubedit.metrics.pareto.select_on_validation`); the chosen test points form the method's front.
 Hypervolumes use the reference point ``(1, ln 2)`` with the requirement axis divided by the requirement's
-``metric_scale`` (number of features for data minimisation, 1 otherwise).
+``metric_scale`` (number of features for data minimisation, 1 otherwise). Fairness is also reported on two more
+fronts (:data:`FRONT_AXES`): EOD against label disagreement and EOD against error = 1 - accuracy (every axis is
+minimised; reference point (1, 1)), because the post-processors output labels, whose JSD to the original's soft
+probabilities has a floor.
+
+A point whose mean accuracy is at or below the majority-class accuracy of its split (recorded per split) is
+*degenerate* -- a constant classifier does as well: marked in tables and plots; hypervolumes are reported with
+and without degenerate points, and "best" claims use the latter. Points with a non-finite value are left out of
+the fronts and counted per method and split in the report.
 
 Requirement metrics are *hard* and read off the edited model itself, the same way for editors and baselines:
 
@@ -37,6 +46,7 @@ Entry point: :func:`run_protocol` -> :class:`ProtocolResult` (``report_markdown(
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,8 +62,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..metrics.scores import equalized_odds_difference, jsd
-from ..metrics.pareto import DEFAULT_REF, dominance_table, hypervolume, select_on_validation, to_markdown
+from ..metrics.scores import LN2, equalized_odds_difference, jsd
+from ..metrics.pareto import DEFAULT_REF, dominance_table, hypervolume, pareto_front, to_markdown
 from ..metrics.timing import TimingResult, time_per_model, timing_table
 
 __all__ = [
@@ -61,6 +71,8 @@ __all__ = [
     "BASELINES",
     "BASELINE_KEYS",
     "EDITOR_LABELS",
+    "FRONT_AXES",
+    "REQUIREMENT_AXES",
     "ProtocolConfig",
     "MethodResult",
     "ProtocolResult",
@@ -72,6 +84,9 @@ __all__ = [
     "nonzero_weights",
     "default_lambda_grid",
     "write_result_files",
+    "majority_accuracy",
+    "axis_plot_name",
+    "label_jsd",
 ]
 
 #: The paper's five settings: name -> (task, requirement).
@@ -124,9 +139,15 @@ _SETTING_TITLES = {"minimise": "Data minimisation", "fairness": "Fairness (equal
 class ProtocolConfig:
     """Options of :func:`run_protocol` (every field has the paper's / hubedit/DESIGN.md's default).
 
-    ``max_models`` caps the number of validation and of test models (a seeded subset, for quick runs).
-    ``dm_n_keep`` (FS) and ``fs_retrain_n_keep`` (FS & Retrain) default to all of ``1..F-1`` and to six
-    geometrically spaced values of it (retraining is the expensive baseline). ``fs_retrain_epochs`` is 100 as
+    ``max_models`` caps the number of validation and of test models (a subset drawn with ``subset_seed``, for quick
+    runs). ``subset_seed`` is apart from ``seed`` (which seeds the baselines: Random, SNIP, Lottery Ticket,
+    FS & Retrain, permutation importance, the randomised post-processors' labels) so that runs with different
+    ``seed`` evaluate the same models and their spread is that of the methods, not of which models were drawn;
+    configurations written before it existed load with ``subset_seed=0`` (their models, drawn with ``seed``, are
+    recorded in the result's ``val_model_ids`` / ``test_model_ids``).
+    ``dm_n_keep`` (FS) defaults to all of ``1..F-1``; ``fs_retrain_n_keep`` (FS & Retrain) defaults to FS's counts
+    (``dm_n_keep``), so that both baselines have a point at every feature count (give it to run fewer: retraining
+    is the expensive baseline). ``fs_retrain_epochs`` is 100 as
     in the paper (A.4.1); smaller for quick runs. ``lambda_grid`` is used for lambda-conditioned editors
     (default: :func:`default_lambda_grid` of the editor's range). ``timing_models`` models are timed per
     method (0: no timing). ``workers`` > 1 evaluates editors and baselines in that many local processes (this
@@ -153,12 +174,14 @@ class ProtocolConfig:
     edit_batch_size: int = 64
     workers: int = 1
     seed: int = 0
+    subset_seed: int = 0
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ProtocolConfig":
+        """From :meth:`to_dict`; unknown keys are ignored and missing ones take their defaults (older JSON)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
 
@@ -167,13 +190,6 @@ def default_lambda_grid(lam_range: Sequence[float], n: int = 7) -> tuple[float, 
     """``n`` log-spaced lambdas covering ``lam_range`` (ends included)."""
     lo, hi = math.log(float(lam_range[0])), math.log(float(lam_range[1]))
     return tuple(float(f"{math.exp(lo + (hi - lo) * k / (n - 1)):.6g}") for k in range(n)) if n > 1 else (float(lam_range[0]),)
-
-
-def _geometric_ints(lo: int, hi: int, n: int) -> tuple[int, ...]:
-    if hi < lo:
-        return ()
-    vals = np.unique(np.round(np.geomspace(lo, hi, n)).astype(int))
-    return tuple(int(v) for v in vals)
 
 
 # ==================================================================================================
@@ -205,14 +221,82 @@ def weights_kept(model) -> float:
 # ==================================================================================================
 # results
 # ==================================================================================================
+#: Second axis of a front (the first is the requirement metric); every axis is minimised (as in
+#: :mod:`hubedit.metrics.pareto`): name -> (label, y of the hypervolume's reference point).
+FRONT_AXES: dict[str, tuple[str, float]] = {
+    "jsd": ("mean JSD to the original's probabilities", LN2),
+    "disagreement": ("label disagreement with the original", 1.0),
+    "error": ("error (1 - accuracy)", 1.0),
+}
+
+#: Fronts each requirement is reported on (default: JSD only). Fairness post-processors output hard or
+#: randomised labels, whose JSD to the original's soft probabilities has a floor; label disagreement and error
+#: compare every method on its labels.
+REQUIREMENT_AXES: dict[str, tuple[str, ...]] = {"fairness": ("jsd", "disagreement", "error")}
+
+_SPLIT_KEYS = {"validation": "val", "val": "val", "test": "test"}
+
+
 def _arr(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1, 2) if len(x) else np.zeros((0, 2))
 
 
+def _check_axis(axis: str) -> str:
+    if axis not in FRONT_AXES:
+        raise ValueError(f"unknown front axis {axis!r}; known: {', '.join(FRONT_AXES)}")
+    return axis
+
+
+def _split_key(split: str) -> str:
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    return _SPLIT_KEYS[split]
+
+
+def majority_accuracy(labels: Any) -> float:
+    """Accuracy of the constant classifier that predicts the most frequent label of ``labels``."""
+    y = np.asarray(labels).reshape(-1)
+    if len(y) == 0:
+        raise ValueError("majority_accuracy needs at least one label, got none")
+    return float(np.unique(y, return_counts=True)[1].max() / len(y))
+
+
+def label_jsd(probs: torch.Tensor) -> torch.Tensor:
+    """Mean JSD (nats) between each model's probabilities ``probs`` (..., N, C) and its own hard labels (one-hot
+    argmax), over the N points: shape ``probs.shape[:-2]``.
+
+    For a binary task the JSD between ``p`` and a one-hot label is smallest for the label of ``p``'s argmax, so
+    this is the floor of the JSD to ``p`` of any method that outputs labels (0/1 probabilities): the post-processing
+    fairness baselines' deterministic rules sit on or above it."""
+    p = probs.double()
+    hard = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).double()
+    return jsd(p, hard).mean(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _task_majority(task: str) -> tuple[float, float] | None:
+    """(validation, test) majority-class accuracy of ``task``'s evaluation and test splits (results that did not
+    record it); None when the task is not one hubedit ships."""
+    from ..errors import UnknownTaskError
+    from ..tasks import load_task
+
+    try:
+        t = load_task(task)
+    except UnknownTaskError:
+        return None
+    return majority_accuracy(t.split("evaluation")[1].numpy()), majority_accuracy(t.split("test")[1].numpy())
+
+
 @dataclass
 class MethodResult:
-    """One method's runs (one per strength): validation and test points ``(metric, JSD)``, accuracies and
-    the indices of the runs chosen on validation."""
+    """One method's runs (one per strength): validation and test points ``(metric, JSD)``, accuracies, label
+    disagreement with the original model and the indices of the runs chosen on validation (JSD front).
+
+    ``val_disagreement`` / ``test_disagreement`` (fraction of points whose predicted label differs from the
+    original model's, mean over models) are None in results written before they were recorded.
+    ``nonfinite_model_results``: ``{"validation": n, "test": n}``, the (run, model) results with a non-finite
+    value (they make their run's mean non-finite; such points are left out of every front and counted in reports).
+    """
 
     name: str
     kind: str  # "editor" or "baseline"
@@ -223,14 +307,28 @@ class MethodResult:
     test_accuracy: np.ndarray  # (K,)
     chosen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     notes: list[str] = field(default_factory=list)
+    val_disagreement: np.ndarray | None = None  # (K,) or None (not recorded)
+    test_disagreement: np.ndarray | None = None
+    nonfinite_model_results: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.val, self.test = _arr(self.val), _arr(self.test)
+        if len(self.val) != len(self.test):
+            raise ValueError(f"{self.name}: val and test must describe the same runs, got {len(self.val)} and "
+                             f"{len(self.test)} rows")
         self.val_accuracy = np.asarray(self.val_accuracy, dtype=np.float64).reshape(-1)
         self.test_accuracy = np.asarray(self.test_accuracy, dtype=np.float64).reshape(-1)
+        for attr in ("val_disagreement", "test_disagreement"):
+            v = getattr(self, attr)
+            if v is not None:
+                v = np.asarray(v, dtype=np.float64).reshape(-1)
+                if len(v) != len(self.val):
+                    raise ValueError(f"{self.name}: {attr} must have one value per run ({len(self.val)}), got {len(v)}")
+                setattr(self, attr, v)
         if len(self.chosen) == 0 and len(self.val):
-            _, self.chosen = select_on_validation(self.val, self.test, return_indices=True)
+            self.chosen = self._validation_front("jsd", None)
         self.chosen = np.asarray(self.chosen, dtype=np.intp)
+        self.nonfinite_model_results = {str(k): int(v) for k, v in dict(self.nonfinite_model_results).items()}
 
     @property
     def test_front(self) -> np.ndarray:
@@ -241,9 +339,56 @@ class MethodResult:
     def val_front(self) -> np.ndarray:
         return self.val[self.chosen]
 
+    @property
+    def has_disagreement(self) -> bool:
+        """Whether label disagreement was recorded (results written before it was are loaded without it)."""
+        return self.val_disagreement is not None and self.test_disagreement is not None
+
+    def accuracy(self, split: str = "test") -> np.ndarray:
+        """(K,) mean accuracy of every run on ``split`` ("validation" or "test")."""
+        return self.val_accuracy if _split_key(split) == "val" else self.test_accuracy
+
+    def points(self, axis: str = "jsd", split: str = "test") -> np.ndarray:
+        """(K, 2) points ``(metric, y)`` of every run on ``split``; ``y`` is JSD, label disagreement (NaN where not
+        recorded) or error = 1 - accuracy (:data:`FRONT_AXES`)."""
+        key = _split_key(split)
+        base = self.val if key == "val" else self.test
+        if _check_axis(axis) == "jsd":
+            return base.copy()
+        if axis == "disagreement":
+            y = getattr(self, f"{key}_disagreement")
+            y = np.full(len(base), np.nan) if y is None else y
+        else:
+            y = 1.0 - self.accuracy(split)
+        return np.column_stack([base[:, 0], y]) if len(base) else np.zeros((0, 2))
+
+    def finite(self, axis: str = "jsd", split: str = "test") -> np.ndarray:
+        """(K,) bool: runs whose ``(metric, y)`` point on ``split`` is finite."""
+        return np.isfinite(self.points(axis, split)).all(1)
+
+    def nonfinite_points(self, axis: str = "jsd") -> dict[str, int]:
+        """``{"validation": n, "test": n}``: runs whose point is non-finite (left out of the fronts of ``axis``)."""
+        return {s: int((~self.finite(axis, s)).sum()) for s in ("validation", "test")}
+
+    def _validation_front(self, axis: str, eligible: np.ndarray | None) -> np.ndarray:
+        val = self.points(axis, "validation")
+        ok = np.isfinite(val).all(1)
+        if eligible is not None:
+            ok &= np.asarray(eligible, dtype=bool)
+        val[~ok] = np.nan  # never on the front
+        return pareto_front(val)
+
+    def chosen_for(self, axis: str = "jsd", eligible: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the runs on the validation Pareto front of ``(metric, axis)`` among the runs with a finite
+        validation point (and ``eligible[k]`` true, when given), ordered by validation metric. ``"jsd"`` without
+        ``eligible`` is :attr:`chosen`."""
+        if axis == "jsd" and eligible is None:
+            return self.chosen
+        return self._validation_front(axis, eligible)
+
     def to_dict(self) -> dict:
         def clean(a):
-            return [None if (isinstance(v, float) and math.isnan(v)) else v for v in np.asarray(a).reshape(-1).tolist()]
+            return [None if (isinstance(v, float) and not math.isfinite(v)) else v for v in np.asarray(a).reshape(-1).tolist()]
 
         return {
             "name": self.name,
@@ -253,14 +398,21 @@ class MethodResult:
             "test": [clean(r) for r in self.test],
             "val_accuracy": clean(self.val_accuracy),
             "test_accuracy": clean(self.test_accuracy),
+            "val_disagreement": None if self.val_disagreement is None else clean(self.val_disagreement),
+            "test_disagreement": None if self.test_disagreement is None else clean(self.test_disagreement),
             "chosen": [int(i) for i in self.chosen],
             "notes": list(self.notes),
+            "nonfinite_model_results": dict(self.nonfinite_model_results),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MethodResult":
+        """From :meth:`to_dict` (also results written before disagreement and non-finite counts were recorded)."""
         def un(a):
             return np.asarray([np.nan if v is None else v for v in a], dtype=np.float64)
+
+        def opt(key):
+            return None if d.get(key) is None else un(d[key])
 
         return cls(
             name=d["name"], kind=d["kind"], strengths=list(d["strengths"]),
@@ -268,12 +420,33 @@ class MethodResult:
             test=np.asarray([un(r) for r in d["test"]]).reshape(-1, 2) if d["test"] else np.zeros((0, 2)),
             val_accuracy=un(d["val_accuracy"]), test_accuracy=un(d["test_accuracy"]),
             chosen=np.asarray(d["chosen"], dtype=np.intp), notes=list(d.get("notes", [])),
+            val_disagreement=opt("val_disagreement"), test_disagreement=opt("test_disagreement"),
+            nonfinite_model_results=dict(d.get("nonfinite_model_results") or {}),
         )
+
+
+def axis_plot_name(plot_name: str, axis: str) -> str:
+    """File name of the plot of front ``axis`` next to the JSD plot ``plot_name``: ``pareto.png`` ->
+    ``pareto-disagreement.png`` (the JSD plot keeps its name)."""
+    if _check_axis(axis) == "jsd":
+        return plot_name
+    p = Path(plot_name)
+    return str(p.with_name(f"{p.stem}-{axis}{p.suffix}"))
 
 
 @dataclass
 class ProtocolResult:
-    """Everything the protocol measured for one setting; tables, plot and JSON from it."""
+    """Everything the protocol measured for one setting; tables, plot and JSON from it.
+
+    Fronts (:attr:`axes`): requirement metric against JSD to the original's probabilities (every setting) and, for
+    fairness, against label disagreement with the original and against error (1 - accuracy); every axis is
+    minimised. A point is *degenerate* when its mean accuracy is at or below the majority-class accuracy of its
+    split (:attr:`majority_accuracy`): a constant classifier does as well. Hypervolumes are given with all points
+    and without degenerate points (``exclude_degenerate=True``: runs chosen on validation among those not
+    degenerate on validation, test points that are degenerate on test left out); "best" claims
+    (:meth:`comparison`) use the latter. Non-finite points are left out of every front and counted
+    (:meth:`nonfinite_table`).
+    """
 
     task: str
     requirement: str
@@ -285,15 +458,99 @@ class ProtocolResult:
     timing_notes: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    #: accuracy <= majority + this counts as "at or below" (float noise of a mean over models)
+    DEGENERATE_TOLERANCE = 1e-9
+
     # --- derived tables -------------------------------------------------------------------------------
     @property
     def title(self) -> str:
         return f"{_SETTING_TITLES.get(self.requirement, self.requirement)} on {self.task.capitalize()}"
 
     @property
+    def axes(self) -> tuple[str, ...]:
+        """Second axes of the fronts this setting is reported on (:data:`REQUIREMENT_AXES`); ``"disagreement"``
+        only where some method recorded it."""
+        axes = REQUIREMENT_AXES.get(self.requirement, ("jsd",))
+        if not any(m.has_disagreement for m in self.methods.values()):
+            axes = tuple(a for a in axes if a != "disagreement")
+        return axes
+
+    @property
+    def majority_accuracy(self) -> dict[str, float] | None:
+        """``{"validation": a, "test": b}``: accuracy of the majority class of the task's labels on the data each
+        zoo split is evaluated on (recorded by :func:`run_protocol`; for older results, computed from the shipped
+        task data); None when unknown (then no point is marked degenerate)."""
+        rec = self.info.get("majority_accuracy")
+        if rec:
+            return {"validation": float(rec["validation"]), "test": float(rec["test"])}
+        computed = _task_majority(self.task)
+        return None if computed is None else {"validation": computed[0], "test": computed[1]}
+
+    def label_jsd_floor(self, split: str = "test", zoo: Any = None) -> float | None:
+        """Mean over the ``split`` models of the JSD between the original model's probabilities and its own hard
+        labels (:func:`label_jsd`): the floor of a label-outputting method's JSD. Recorded by :func:`run_protocol`;
+        for older results computed from ``zoo`` (the models recorded in ``info``, on the data of ``split``) when
+        given; else None."""
+        key = _split_key(split)
+        recorded = self.info.get("original", {}).get(f"{key}_label_jsd")
+        if recorded is not None:
+            return float(recorded)
+        ids = self.info.get(f"{key}_model_ids")
+        if zoo is None or not ids:
+            return None
+        from ..tasks import load_task
+
+        wanted = set(ids)
+        models = {c.model_id: c.to_module() for c in zoo["validation" if key == "val" else "test"] if c.model_id in wanted}
+        missing = wanted - set(models)
+        if missing:
+            raise ValueError(f"the zoo has no {split} checkpoint(s) {sorted(missing)[:3]} of this result: a different "
+                             f"zoo than the one evaluated ({self.info.get('zoo', '?')})")
+        X = load_task(self.task).split("evaluation" if key == "val" else "test")[0]
+        with torch.no_grad():
+            probs = torch.stack([models[i].predict_proba(X) for i in ids])
+        return float(label_jsd(probs).mean())
+
+    def degenerate(self, name: str, split: str = "test") -> np.ndarray:
+        """(K,) bool: runs of method ``name`` whose mean accuracy on ``split`` is at or below the majority-class
+        accuracy (all False when that is unknown; a non-finite accuracy is not degenerate but non-finite)."""
+        m = self.methods[name]
+        acc = m.accuracy(split)
+        maj = self.majority_accuracy
+        if maj is None:
+            return np.zeros(len(acc), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            return acc <= maj["validation" if _split_key(split) == "val" else "test"] + self.DEGENERATE_TOLERANCE
+
+    def degenerate_either(self, name: str) -> np.ndarray:
+        """(K,) bool: runs of method ``name`` degenerate on validation or on test."""
+        return self.degenerate(name, "validation") | self.degenerate(name, "test")
+
+    def front_runs(self, name: str, axis: str = "jsd", *, exclude_degenerate: bool = False) -> np.ndarray:
+        """Indices of the runs of method ``name`` on its test front of ``axis``: chosen on validation (among runs
+        not degenerate on validation with ``exclude_degenerate``), then those with a non-finite test point (and,
+        with ``exclude_degenerate``, those degenerate on test) left out."""
+        m = self.methods[name]
+        eligible = ~self.degenerate(name, "validation") if exclude_degenerate else None
+        idx = m.chosen_for(axis, eligible)
+        keep = m.finite(axis, "test")[idx]
+        if exclude_degenerate:
+            keep &= ~self.degenerate(name, "test")[idx]
+        return idx[keep]
+
+    def front(self, name: str, axis: str = "jsd", *, exclude_degenerate: bool = False) -> np.ndarray:
+        """(P, 2) test points ``(metric, y)`` of :meth:`front_runs`."""
+        return self.methods[name].points(axis, "test")[self.front_runs(name, axis, exclude_degenerate=exclude_degenerate)]
+
+    def fronts_for(self, axis: str = "jsd", *, exclude_degenerate: bool = False) -> dict[str, np.ndarray]:
+        """:meth:`front` of every method."""
+        return {name: self.front(name, axis, exclude_degenerate=exclude_degenerate) for name in self.methods}
+
+    @property
     def fronts(self) -> dict[str, np.ndarray]:
-        """Chosen test points of every method (points chosen on validation, reported on test)."""
-        return {name: m.test_front for name, m in self.methods.items()}
+        """Chosen test points ``(metric, JSD)`` of every method (points chosen on validation, reported on test;
+        non-finite points left out)."""
+        return self.fronts_for("jsd")
 
     @property
     def editor_methods(self) -> list[str]:
@@ -303,77 +560,134 @@ class ProtocolResult:
     def baseline_methods(self) -> list[str]:
         return [n for n, m in self.methods.items() if m.kind == "baseline"]
 
-    def hypervolume(self, name: str) -> float:
-        return hypervolume(self.methods[name].test_front, ref=DEFAULT_REF, x_scale=self.x_scale)
+    def reference(self, axis: str = "jsd") -> tuple[float, float]:
+        """Hypervolume reference point of ``axis``: (1, ln 2) for JSD, (1, 1) for disagreement and error."""
+        return (DEFAULT_REF[0], FRONT_AXES[_check_axis(axis)][1])
+
+    def hypervolume(self, name: str, axis: str = "jsd", *, exclude_degenerate: bool = False) -> float:
+        return hypervolume(self.front(name, axis, exclude_degenerate=exclude_degenerate), ref=self.reference(axis),
+                           x_scale=self.x_scale)
+
+    def hypervolumes_for(self, axis: str = "jsd", *, exclude_degenerate: bool = False) -> dict[str, float]:
+        return {name: self.hypervolume(name, axis, exclude_degenerate=exclude_degenerate) for name in self.methods}
 
     @property
     def hypervolumes(self) -> dict[str, float]:
-        return {name: self.hypervolume(name) for name in self.methods}
+        """JSD-front hypervolume of every method, all points (:meth:`hypervolumes_for` for the other fronts and
+        without degenerate points)."""
+        return self.hypervolumes_for("jsd")
+
+    def common_x_for(self, axis: str = "jsd", *, exclude_degenerate: bool = False) -> float:
+        """Smallest requirement value (raw units) on some baseline's front of ``axis``, e.g. the smallest pruning
+        ``keep`` or one kept feature: the left end of the range on which editors and baselines can be compared
+        (every method's smallest value when no baseline has a point)."""
+        fronts = self.fronts_for(axis, exclude_degenerate=exclude_degenerate)
+        names = [n for n in self.baseline_methods if len(fronts[n])] or list(self.methods)
+        lows = [float(fronts[n][:, 0].min()) for n in names if len(fronts[n])]
+        return min(lows) if lows else 0.0
 
     @property
     def common_x(self) -> float:
-        """Smallest requirement value (raw units) that some baseline reaches, e.g. the smallest pruning ``keep`` or
-        one kept feature: the left end of the range on which editors and baselines can be compared (every method's
-        smallest value when there are no baselines)."""
-        names = [n for n in self.baseline_methods if len(self.methods[n].test_front)] or list(self.methods)
-        lows = [float(np.nanmin(self.methods[n].test_front[:, 0])) for n in names
-                if len(self.methods[n].test_front) and not np.isnan(self.methods[n].test_front[:, 0]).all()]
-        return min(lows) if lows else 0.0
+        """:meth:`common_x_for` of the JSD fronts, all points."""
+        return self.common_x_for("jsd")
 
-    def common_hypervolume(self, name: str) -> float:
-        """Hypervolume on the baselines' range only: front points below :attr:`common_x` are moved to it, so that
-        an editor is not credited for the part of the requirement axis that no baseline is run at (an editor that
-        drops every feature or weight, where the baselines stop at one feature / 5 % of the weights)."""
-        pts = np.array(self.methods[name].test_front, dtype=np.float64, copy=True)
+    def common_hypervolume(self, name: str, axis: str = "jsd", *, exclude_degenerate: bool = False) -> float:
+        """Hypervolume on the baselines' range only: front points below :meth:`common_x_for` are moved to it, so
+        that an editor is not credited for the part of the requirement axis that no baseline is run at (an editor
+        that drops every feature or weight, where the baselines stop at one feature / 5 % of the weights)."""
+        pts = np.array(self.front(name, axis, exclude_degenerate=exclude_degenerate), dtype=np.float64, copy=True)
         if len(pts):
-            pts[:, 0] = np.maximum(pts[:, 0], self.common_x)
-        return hypervolume(pts, ref=DEFAULT_REF, x_scale=self.x_scale)
+            pts[:, 0] = np.maximum(pts[:, 0], self.common_x_for(axis, exclude_degenerate=exclude_degenerate))
+        return hypervolume(pts, ref=self.reference(axis), x_scale=self.x_scale)
+
+    def common_hypervolumes_for(self, axis: str = "jsd", *, exclude_degenerate: bool = False) -> dict[str, float]:
+        return {name: self.common_hypervolume(name, axis, exclude_degenerate=exclude_degenerate) for name in self.methods}
 
     @property
     def common_hypervolumes(self) -> dict[str, float]:
-        return {name: self.common_hypervolume(name) for name in self.methods}
+        return self.common_hypervolumes_for("jsd")
 
-    def hypervolume_table(self) -> pd.DataFrame:
+    def hypervolume_table(self, axis: str = "jsd") -> pd.DataFrame:
+        """One row per method: hypervolume of the ``axis`` front with all points (``hypervolume``, ``normalized``
+        by the reference box, ``HV on baselines' range``) and without degenerate points (``HV w/o degenerate``,
+        ``HV w/o degenerate on baselines' range``: what "best" claims use), front ``points``, how many of them
+        are ``degenerate``, and ``runs``."""
+        ref = self.reference(axis)
         rows = []
         for name, m in self.methods.items():
-            hv = self.hypervolume(name)
+            hv = self.hypervolume(name, axis)
+            runs = self.front_runs(name, axis)
             rows.append({
-                "method": name, "kind": m.kind, "hypervolume": hv, "normalized": hv / (DEFAULT_REF[0] * DEFAULT_REF[1]),
-                "HV on baselines' range": self.common_hypervolume(name),
-                "points": len(m.test_front), "runs": len(m.strengths),
+                "method": name, "kind": m.kind, "hypervolume": hv, "normalized": hv / (ref[0] * ref[1]),
+                "HV on baselines' range": self.common_hypervolume(name, axis),
+                "HV w/o degenerate": self.hypervolume(name, axis, exclude_degenerate=True),
+                "HV w/o degenerate on baselines' range": self.common_hypervolume(name, axis, exclude_degenerate=True),
+                "points": len(runs), "degenerate": int(self.degenerate_either(name)[runs].sum()),
+                "runs": len(m.strengths),
             })
-        cols = ["method", "kind", "hypervolume", "normalized", "HV on baselines' range", "points", "runs"]
+        cols = ["method", "kind", "hypervolume", "normalized", "HV on baselines' range", "HV w/o degenerate",
+                "HV w/o degenerate on baselines' range", "points", "degenerate", "runs"]
         return pd.DataFrame(rows, columns=cols).set_index("method")
 
-    def dominance_table(self) -> pd.DataFrame:
-        return dominance_table(self.fronts)
+    def dominance_table(self, axis: str = "jsd", *, exclude_degenerate: bool = False) -> pd.DataFrame:
+        return dominance_table(self.fronts_for(axis, exclude_degenerate=exclude_degenerate))
 
-    def comparison(self) -> list[dict[str, Any]]:
-        """For each editor method: its hypervolume against the best baseline's, and mutual dominance."""
-        hvs, chv = self.hypervolumes, self.common_hypervolumes
-        base = [b for b in self.baseline_methods if len(self.methods[b].test_front)]
+    def comparison(self, axis: str = "jsd") -> list[dict[str, Any]]:
+        """For each editor method: its hypervolume on the ``axis`` front against the best baseline's, and mutual
+        dominance -- all **without degenerate points** (``editor_hv_all_points`` / ``best_baseline_hv_all_points``:
+        with them). Empty when no baseline has a non-degenerate point."""
+        hvs = self.hypervolumes_for(axis, exclude_degenerate=True)
+        chv = self.common_hypervolumes_for(axis, exclude_degenerate=True)
+        hv_all = self.hypervolumes_for(axis)
+        fronts = self.fronts_for(axis, exclude_degenerate=True)
+        base = [b for b in self.baseline_methods if len(fronts[b])]
         out = []
         if not base:
             return out
         best = max(base, key=lambda b: hvs[b])
         best_c = max(base, key=lambda b: chv[b])
-        dom = self.dominance_table()
+        dom = dominance_table(fronts)
         for e in self.editor_methods:
             row = {
-                "editor": e, "editor_hv": hvs[e], "best_baseline": best, "best_baseline_hv": hvs[best],
+                "editor": e, "axis": axis, "degenerate_points_excluded": True,
+                "editor_hv": hvs[e], "best_baseline": best, "best_baseline_hv": hvs[best],
                 "hv_difference": hvs[e] - hvs[best],
                 "hv_ratio": hvs[e] / hvs[best] if hvs[best] > 0 else math.inf,
                 "dominates_all_baselines": all(hvs[e] >= hvs[b] for b in base),
-                "common_x": self.common_x,
+                "editor_hv_all_points": hv_all[e], "best_baseline_hv_all_points": hv_all[best],
+                "editor_degenerate_points": int(self.degenerate_either(e)[self.front_runs(e, axis)].sum()),
+                "common_x": self.common_x_for(axis, exclude_degenerate=True),
                 "editor_common_hv": chv[e], "best_baseline_common": best_c, "best_baseline_common_hv": chv[best_c],
                 "common_hv_difference": chv[e] - chv[best_c],
                 # fraction of baseline points dominated by the editor's front and vice versa (worst case over baselines)
-                "baseline_points_dominated_by_editor": float(np.nanmin([dom.loc[e, b] for b in base])) if base else math.nan,
+                "baseline_points_dominated_by_editor": float(np.nanmin([dom.loc[e, b] for b in base])),
                 "editor_points_dominated_by_a_baseline": float(np.nanmax([dom.loc[b, e] for b in base]))
-                if len(self.methods[e].test_front) else math.nan,
+                if len(fronts[e]) else math.nan,
             }
             out.append(row)
         return out
+
+    def nonfinite_table(self) -> pd.DataFrame:
+        """One row per method: runs, and per front axis how many validation and test points were non-finite (left
+        out of that front; a run left out on validation cannot be chosen), and the (run, model) results with a
+        non-finite value recorded by :func:`run_protocol` (``–`` when not recorded)."""
+        rows = []
+        for name, m in self.methods.items():
+            row: dict[str, Any] = {"method": name, "runs": len(m.strengths)}
+            for axis in self.axes:
+                n = m.nonfinite_points(axis)
+                row[f"{axis}: validation points left out"] = n["validation"]
+                row[f"{axis}: test points left out"] = n["test"]
+            rec = m.nonfinite_model_results
+            row["non-finite model results (validation)"] = rec.get("validation")
+            row["non-finite model results (test)"] = rec.get("test")
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+    @property
+    def nonfinite_total(self) -> int:
+        """Validation + test points left out as non-finite, summed over methods and axes."""
+        return sum(sum(m.nonfinite_points(a).values()) for m in self.methods.values() for a in self.axes)
 
     def timing_markdown(self) -> str:
         if not self.timing:
@@ -382,33 +696,109 @@ class ProtocolResult:
         notes = [f"- {k}: {v}" for k, v in self.timing_notes.items() if k in self.timing]
         return table + ("\n\n" + "\n".join(notes) if notes else "")
 
-    def points_table(self, which: str = "chosen") -> pd.DataFrame:
-        """One row per run (``which="all"``) or per chosen run (``"chosen"``): strength, validation and
-        test metric / JSD, test accuracy."""
+    def points_table(self, which: str = "chosen", axis: str = "jsd") -> pd.DataFrame:
+        """One row per run (``which="all"``) or per run chosen on validation for the ``axis`` front (``"chosen"``,
+        all points): strength, validation and test metric / JSD / label disagreement (when recorded) / accuracy,
+        and ``degenerate``: ``"val"``, ``"test"`` or ``"val, test"`` where the run's accuracy is at or below the
+        majority-class accuracy of that split."""
+        if which not in ("chosen", "all"):
+            raise ValueError(f"which must be 'chosen' or 'all', got {which!r}")
+        with_dis = any(m.has_disagreement for m in self.methods.values())
         rows = []
         for name, m in self.methods.items():
-            idx = m.chosen if which == "chosen" else range(len(m.strengths))
+            chosen = m.chosen_for(axis)
+            idx = chosen if which == "chosen" else range(len(m.strengths))
+            deg_val, deg_test = self.degenerate(name, "validation"), self.degenerate(name, "test")
             for i in idx:
-                rows.append({
-                    "method": name, "strength": m.strengths[i],
-                    f"val {self.metric_name}": m.val[i, 0], "val JSD": m.val[i, 1],
-                    f"test {self.metric_name}": m.test[i, 0], "test JSD": m.test[i, 1],
-                    "test accuracy": m.test_accuracy[i],
-                    "chosen": bool(i in set(m.chosen.tolist())),
-                })
+                row = {"method": name, "strength": m.strengths[i],
+                       f"val {self.metric_name}": m.val[i, 0], "val JSD": m.val[i, 1]}
+                if with_dis:
+                    row["val disagreement"] = m.val_disagreement[i] if m.has_disagreement else math.nan
+                row["val accuracy"] = m.val_accuracy[i]
+                row.update({f"test {self.metric_name}": m.test[i, 0], "test JSD": m.test[i, 1]})
+                if with_dis:
+                    row["test disagreement"] = m.test_disagreement[i] if m.has_disagreement else math.nan
+                row["test accuracy"] = m.test_accuracy[i]
+                row["degenerate"] = ", ".join(s for s, d in (("val", deg_val[i]), ("test", deg_test[i])) if d)
+                row["chosen"] = bool(i in set(chosen.tolist()))
+                rows.append(row)
         df = pd.DataFrame(rows)
         if which == "chosen" and len(df):
             df = df.drop(columns="chosen")
         return df.set_index("method") if len(df) else df
 
     # --- outputs ----------------------------------------------------------------------------------------
-    def plot(self, path: str | os.PathLike) -> Path:
+    def plot(self, path: str | os.PathLike, axis: str = "jsd") -> Path:
+        """The ``axis`` fronts (all points) as a PNG: degenerate points circled; on the error plot, the error of
+        the majority class as a horizontal line."""
         from ..metrics.plots import pareto_plot
 
+        fronts, degenerate = {}, []
+        for name, m in self.methods.items():
+            runs = self.front_runs(name, axis)
+            if len(runs):
+                fronts[name] = m.points(axis, "test")[runs]
+                degenerate.append(fronts[name][self.degenerate(name, "test")[runs]])
+        maj = self.majority_accuracy
+        deg = np.concatenate(degenerate) if degenerate else np.zeros((0, 2))
+        hline = None
+        if axis == "error" and maj is not None:
+            hline = (1.0 - maj["test"], f"majority class (error {1.0 - maj['test']:.4f})")
+        label = (f"degenerate (accuracy ≤ majority class {maj['test']:.4f})" if maj is not None else "degenerate")
         return pareto_plot(
-            {n: f for n, f in self.fronts.items() if len(f)}, path, xlabel=self.metric_label, ylabel="mean JSD (test)",
-            title=f"{self.title} (test; points chosen on validation)",
+            fronts, path, xlabel=self.metric_label, ylabel=f"{FRONT_AXES[axis][0]} (test)",
+            title=f"{self.title}\n(test; points chosen on validation)",
+            degenerate=deg if len(deg) else None, degenerate_label=label, hline=hline,
         )
+
+    def plot_all(self, path: str | os.PathLike) -> dict[str, Path]:
+        """Plot every front of :attr:`axes`: the JSD front at ``path``, the others next to it
+        (:func:`axis_plot_name`). Returns ``{axis: path}``."""
+        path = Path(path)
+        return {axis: self.plot(path.with_name(axis_plot_name(path.name, axis)), axis) for axis in self.axes}
+
+    def _axis_section(self, axis: str, h: str, plot_path: str | None, include_all_points: bool) -> list[str]:
+        lines: list[str] = []
+        label = FRONT_AXES[axis][0]
+        ref = self.reference(axis)
+        if plot_path:
+            lines += [f"![{self.title}: {self.metric_name} vs {label}]({axis_plot_name(plot_path, axis)})", ""]
+        lines += [f"{h}# Hypervolume ({self.metric_name} vs {label}; test fronts, points chosen on validation; "
+                  "larger is better)", "",
+                  f"Reference point ({ref[0]:g}, {'ln 2' if axis == 'jsd' else f'{ref[1]:g}'}). "
+                  f"`HV on baselines' range`: the same with every front point below {self.metric_name} = "
+                  f"{self.common_x_for(axis):.3g} (the smallest value a baseline is run at) moved to it, so that no "
+                  "method gains area where no baseline has a point. `HV w/o degenerate`: runs chosen on validation "
+                  "among those not degenerate on validation, points degenerate on test left out (on the baselines' "
+                  f"range: from {self.metric_name} = {self.common_x_for(axis, exclude_degenerate=True):.3g}); "
+                  "`degenerate`: how many of the front's `points` are degenerate on validation or test.", "",
+                  to_markdown(self.hypervolume_table(axis).drop(columns="kind")), ""]
+        comp = self.comparison(axis)
+        if comp:
+            lines += [f"{h}# Editor against the best baseline ({label}; degenerate points excluded)", ""]
+            for c in comp:
+                verdict = "dominates every baseline in hypervolume" if c["dominates_all_baselines"] else (
+                    f"does NOT dominate: {c['hv_difference']:+.4f} hypervolume vs {c['best_baseline']}")
+                lines.append(
+                    f"- **{c['editor']}**: HV {c['editor_hv']:.4f} vs best baseline {c['best_baseline']} "
+                    f"{c['best_baseline_hv']:.4f} (difference {c['hv_difference']:+.4f}); {verdict}. "
+                    f"With degenerate points: {c['editor_hv_all_points']:.4f} vs {c['best_baseline_hv_all_points']:.4f} "
+                    f"({c['editor_degenerate_points']} of the editor's front points are degenerate on validation or test). "
+                    f"On the baselines' range ({self.metric_name} >= {c['common_x']:.3g}): {c['editor_common_hv']:.4f} vs "
+                    f"{c['best_baseline_common']} {c['best_baseline_common_hv']:.4f} ({c['common_hv_difference']:+.4f}). "
+                    f"Fraction of each baseline's front dominated by it: at least {c['baseline_points_dominated_by_editor']:.2f}; "
+                    f"fraction of its front dominated by some baseline: at most {c['editor_points_dominated_by_a_baseline']:.2f}."
+                )
+            lines.append("")
+        elif self.editor_methods and self.baseline_methods:
+            lines += ["No baseline has a non-degenerate point on this front: no editor-against-baseline claim.", ""]
+        lines += [f"{h}# Dominance ({label}; fraction of the column method's test front dominated by the row "
+                  "method's; degenerate points excluded)", "",
+                  to_markdown(self.dominance_table(axis, exclude_degenerate=True), floatfmt=".2f"), ""]
+        pts = self.points_table("all" if include_all_points else "chosen", axis)
+        lines += [f"{h}# {'All runs' if include_all_points else 'Chosen runs'} ({label} front; validation and test)", "",
+                  to_markdown(pts, floatfmt=".4f") if len(pts) else "(none)", ""]
+        return lines
 
     def report_markdown(self, *, heading_level: int = 2, plot_path: str | None = "pareto.png",
                         include_all_points: bool = False) -> str:
@@ -416,8 +806,8 @@ class ProtocolResult:
         i = self.info
         lines = [f"{h} {self.title}", ""]
         lines.append(
-            f"Requirement metric: {self.metric_label} (`{self.metric_name}`, hypervolume x-scale {self.x_scale:g}, "
-            f"reference point (1, ln 2)). Zoo: {i.get('zoo', '?')}. Validation: {i.get('n_val_models', '?')} models on "
+            f"Requirement metric: {self.metric_label} (`{self.metric_name}`, hypervolume x-scale {self.x_scale:g}). "
+            f"Zoo: {i.get('zoo', '?')}. Validation: {i.get('n_val_models', '?')} models on "
             f"the task's evaluation split ({i.get('n_val_points', '?')} points); test: {i.get('n_test_models', '?')} "
             f"models on the test split ({i.get('n_test_points', '?')} points). Baselines use the editing split "
             f"({i.get('n_editing_points', '?')} points)."
@@ -428,6 +818,24 @@ class ProtocolResult:
                 f"Original models (test): mean accuracy {o['test_accuracy']:.4f}, mean {self.metric_name} "
                 f"{o['test_metric']:.4f}; validation: accuracy {o['val_accuracy']:.4f}, {self.metric_name} {o['val_metric']:.4f}."
             )
+        maj = self.majority_accuracy
+        if maj is None:
+            lines.append("Majority-class accuracy: unknown (no point is marked degenerate).")
+        else:
+            lines.append(
+                f"Majority-class accuracy (a constant classifier): validation {maj['validation']:.4f}, test "
+                f"{maj['test']:.4f}{'' if 'majority_accuracy' in i else ' (not recorded in this result; computed from the task data)'}. "
+                "A point whose mean accuracy is at or below it is **degenerate**: marked in the tables and circled in "
+                "the plots, left out of `HV w/o degenerate`, the dominance tables and every editor-against-baseline "
+                "line."
+            )
+            o = i.get("original", {})
+            below = [f"{split} {o[f'{key}_accuracy']:.4f} vs {maj[split]:.4f}" for split, key in (("validation", "val"), ("test", "test"))
+                     if f"{key}_accuracy" in o and o[f"{key}_accuracy"] <= maj[split] + self.DEGENERATE_TOLERANCE]
+            if below:
+                lines.append(f"**The original models' mean accuracy is itself at or below the majority class** "
+                             f"({'; '.join(below)}): on this setting accuracy does not separate the models from a "
+                             "constant classifier.")
         if "seconds" in i:
             mach = i.get("machine", {})
             processes = i.get("processes", i.get("config", {}).get("workers", 1))
@@ -436,34 +844,30 @@ class ProtocolResult:
                 f"(torch {mach.get('torch', '?')}, {mach.get('torch_threads', '?')} threads, CUDA: {mach.get('cuda') or 'none'}"
                 f"{f', {processes} processes' if processes > 1 else ''})."
             )
+        axes = self.axes
+        if len(axes) > 1:
+            lines.append(
+                "Fronts: " + "; ".join(f"{self.metric_name} vs {FRONT_AXES[a][0]}" for a in axes) + " -- every axis "
+                "minimised (accuracy enters as error = 1 - accuracy). Post-processors output hard or randomised labels, "
+                "whose JSD to the original's soft probabilities has a floor; disagreement and error compare every "
+                "method on its labels."
+                + ("" if self.label_jsd_floor() is None else
+                   f" The floor: a method that outputs the original's own labels has mean JSD "
+                   f"{self.label_jsd_floor():.4f} to its probabilities on the test models; any method whose outputs are 0/1 "
+                   "probabilities has at least that (randomised rules report other probabilities and can go below).")
+            )
         lines.append("")
-        if plot_path:
-            lines += [f"![{self.title}]({plot_path})", ""]
-        lines += [f"{h}# Hypervolume (test fronts, points chosen on validation; larger is better)", "",
-                  f"`HV on baselines' range`: the same with every front point below {self.metric_name} = {self.common_x:.3g} "
-                  "(the smallest value a baseline is run at) moved to it, so that no method gains area where no "
-                  "baseline has a point.", "",
-                  to_markdown(self.hypervolume_table().drop(columns="kind")), ""]
-        comp = self.comparison()
-        if comp:
-            lines += [f"{h}# Editor against the best baseline", ""]
-            for c in comp:
-                verdict = "dominates every baseline in hypervolume" if c["dominates_all_baselines"] else (
-                    f"does NOT dominate: {c['hv_difference']:+.4f} hypervolume vs {c['best_baseline']}")
-                lines.append(
-                    f"- **{c['editor']}**: HV {c['editor_hv']:.4f} vs best baseline {c['best_baseline']} "
-                    f"{c['best_baseline_hv']:.4f} (difference {c['hv_difference']:+.4f}); {verdict}. "
-                    f"On the baselines' range ({self.metric_name} >= {c['common_x']:.3g}): {c['editor_common_hv']:.4f} vs "
-                    f"{c['best_baseline_common']} {c['best_baseline_common_hv']:.4f} ({c['common_hv_difference']:+.4f}). "
-                    f"Fraction of each baseline's front dominated by it: at least {c['baseline_points_dominated_by_editor']:.2f}; "
-                    f"fraction of its front dominated by some baseline: at most {c['editor_points_dominated_by_a_baseline']:.2f}."
-                )
-            lines.append("")
-        lines += [f"{h}# Dominance (fraction of the column method's test front dominated by the row method's)", "",
-                  to_markdown(self.dominance_table(), floatfmt=".2f"), ""]
-        pts = self.points_table("all" if include_all_points else "chosen")
-        lines += [f"{h}# {'All runs' if include_all_points else 'Chosen runs'} (validation and test)", "",
-                  to_markdown(pts, floatfmt=".4f") if len(pts) else "(none)", ""]
+        nf = self.nonfinite_table()
+        lines += [f"{h}# Non-finite results (left out of the fronts)", "",
+                  ("Every point of every method is finite." if self.nonfinite_total == 0 else
+                   f"{self.nonfinite_total} points (summed over methods, splits and fronts) are non-finite and left out."),
+                  "", to_markdown(nf, floatfmt=".0f") if len(nf) else "(no methods)", ""]
+        for axis in axes:
+            sub = h
+            if len(axes) > 1:
+                lines += [f"{h}# Front: {self.metric_name} vs {FRONT_AXES[axis][0]}", ""]
+                sub = h + "#"
+            lines += self._axis_section(axis, sub, plot_path, include_all_points)
         lines += [f"{h}# Seconds to edit one model (same run, same machine)", "", self.timing_markdown(), ""]
         notes = [f"- {n}: {t}" for n, m in self.methods.items() for t in m.notes]
         if notes:
@@ -471,6 +875,9 @@ class ProtocolResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """Plain data: the methods' runs and the run's info (what :meth:`from_dict` reads), and derived figures for
+        readers of the JSON (``hypervolumes``, ``comparison``: JSD front; ``by_axis``: every front with and without
+        degenerate points; ``nonfinite``)."""
         return {
             "format": "hubedit.protocol-result",
             "task": self.task,
@@ -483,6 +890,18 @@ class ProtocolResult:
             "common_x": self.common_x,
             "common_hypervolumes": self.common_hypervolumes,
             "comparison": self.comparison(),
+            "majority_accuracy": self.majority_accuracy,
+            "axes": list(self.axes),
+            "by_axis": {
+                axis: {
+                    "hypervolumes": self.hypervolumes_for(axis),
+                    "hypervolumes_without_degenerate": self.hypervolumes_for(axis, exclude_degenerate=True),
+                    "common_hypervolumes_without_degenerate": self.common_hypervolumes_for(axis, exclude_degenerate=True),
+                    "front_runs": {n: [int(k) for k in self.front_runs(n, axis)] for n in self.methods},
+                    "comparison": self.comparison(axis),
+                } for axis in self.axes
+            },
+            "nonfinite": {n: {axis: m.nonfinite_points(axis) for axis in self.axes} for n, m in self.methods.items()},
             "timing": {n: t.to_dict() for n, t in self.timing.items()},
             "timing_notes": dict(self.timing_notes),
             "info": self.info,
@@ -490,6 +909,8 @@ class ProtocolResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ProtocolResult":
+        """From :meth:`to_dict`, also of results written before the disagreement / accuracy fronts, majority-class
+        accuracy and non-finite counts were recorded (derived figures are recomputed, not read)."""
         return cls(
             task=d["task"], requirement=d["requirement"], metric_name=d["metric_name"],
             metric_label=d["metric_label"], x_scale=float(d["x_scale"]),
@@ -503,9 +924,15 @@ class ProtocolResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save(self, out: str | os.PathLike, *, prefix: str = "") -> dict[str, Path]:
-        """Write ``{prefix}report.md``, ``{prefix}results.json`` and ``{prefix}pareto.png`` into ``out``."""
-        return write_result_files(out, f"{prefix}pareto.png", f"{prefix}report.md", f"{prefix}results.json",
-                                  plot=self.plot, report=self.report_markdown, data=self.to_dict())
+        """Write ``{prefix}report.md``, ``{prefix}results.json`` and ``{prefix}pareto.png`` (and, for settings with
+        more fronts, ``{prefix}pareto-<axis>.png``) into ``out``; returns their paths (``plot``, ``report``,
+        ``json``, ``plot_<axis>``)."""
+        plots: dict[str, Path] = {}
+        paths = write_result_files(out, f"{prefix}pareto.png", f"{prefix}report.md", f"{prefix}results.json",
+                                   plot=lambda p: plots.update(self.plot_all(p)), report=self.report_markdown,
+                                   data=self.to_dict())
+        paths.update({f"plot_{axis}": p for axis, p in plots.items() if axis != "jsd"})
+        return paths
 
     def merged(self, other: "ProtocolResult", names: Sequence[str] | None = None) -> "ProtocolResult":
         """A copy with ``other``'s methods (``names``, default all) added; both must have evaluated the same
@@ -636,14 +1063,21 @@ class _Split:
             self.ref = torch.stack([m.predict_proba(self.X) for m in self.models]) if self.models else None
 
 
-def _score_models(requirement: str, split: _Split, idx: Sequence[int], edited: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-model (metric, JSD, accuracy) of edited modules ``edited[k]`` of ``split.models[idx[k]]``."""
+#: What one model's result holds, in this order (rows of a unit's ``values``).
+_SCORES = ("metric", "jsd", "accuracy", "disagreement")
+
+
+def _score_models(requirement: str, split: _Split, idx: Sequence[int],
+                  edited: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-model (metric, JSD, accuracy, label disagreement with the original) of edited modules ``edited[k]`` of
+    ``split.models[idx[k]]``."""
     with torch.no_grad():
         probs = torch.stack([e.predict_proba(split.X).double() for e in edited])  # (B, N, C)
     ref = split.ref[list(idx)].double()
     j = jsd(ref, probs).mean(-1)
     pred = probs.argmax(-1)
     acc = (pred == split.y).double().mean(-1)
+    disagreement = (pred != ref.argmax(-1)).double().mean(-1)
     if requirement == "fairness":
         metric = equalized_odds_difference(pred.double(), split.y, split.s)
     elif requirement == "minimise":
@@ -652,15 +1086,19 @@ def _score_models(requirement: str, split: _Split, idx: Sequence[int], edited: S
         metric = torch.tensor([weights_kept(e) for e in edited], dtype=torch.float64)
     else:  # pragma: no cover - other requirements: their own hard metric is not readable off a module
         raise ValueError(f"the protocol does not know how to measure requirement {requirement!r}")
-    return metric.numpy(), j.numpy(), acc.numpy()
+    return metric.numpy(), j.numpy(), acc.numpy(), disagreement.numpy()
 
 
-def _score_outputs(split: _Split, i: int, probs: torch.Tensor, preds: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(EOD, JSD, accuracy) of K post-processed outputs of model ``i``: ``probs`` (K, N, 2), ``preds`` (K, N)."""
-    j = jsd(split.ref[i].unsqueeze(0).double(), probs.double()).mean(-1)
+def _score_outputs(split: _Split, i: int, probs: torch.Tensor,
+                   preds: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(EOD, JSD, accuracy, label disagreement with the original's argmax) of K post-processed outputs of model
+    ``i``: ``probs`` (K, N, 2), ``preds`` (K, N) (the labels the post-processor outputs, randomised ones sampled)."""
+    ref = split.ref[i].double()
+    j = jsd(ref.unsqueeze(0), probs.double()).mean(-1)
     acc = (preds == split.y).double().mean(-1)
+    disagreement = (preds != ref.argmax(-1)).double().mean(-1)
     eod = equalized_odds_difference(preds.double(), split.y, split.s)
-    return eod.numpy(), j.numpy(), acc.numpy()
+    return eod.numpy(), j.numpy(), acc.numpy(), disagreement.numpy()
 
 
 # ==================================================================================================
@@ -715,7 +1153,7 @@ def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig
                                  timing_note=f"keep={tv:g}" + (f"; {notes[n]}" if n in notes else "")))
     elif requirement == "minimise":
         fs_keep = list(cfg.dm_n_keep) if cfg.dm_n_keep is not None else list(range(1, F))
-        fsr_keep = list(cfg.fs_retrain_n_keep) if cfg.fs_retrain_n_keep is not None else list(_geometric_ints(1, F - 1, 6))
+        fsr_keep = list(cfg.fs_retrain_n_keep) if cfg.fs_retrain_n_keep is not None else list(fs_keep)
 
         def pfi(m):
             return baselines.permutation_importance(m, Xe, ye, n_repeats=cfg.pfi_repeats, seed=seed)
@@ -774,8 +1212,8 @@ def _baselines(requirement: str, names: Sequence[str], task, cfg: ProtocolConfig
 
 
 def _eval_baseline_model(b: _Baseline, requirement: str, sp: _Split, local: int, seed_index: int,
-                         cfg: ProtocolConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(metric, JSD, accuracy) of baseline ``b`` at every strength on model ``sp.models[local]``."""
+                         cfg: ProtocolConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(metric, JSD, accuracy, disagreement) of baseline ``b`` at every strength on model ``sp.models[local]``."""
     model = sp.models[local]
     state = b.prepare(model) if b.prepare is not None else None
     if b.post:
@@ -836,7 +1274,7 @@ class _Work:
 
 
 def _evaluate_unit(work: _Work, unit: _Unit) -> dict[str, Any]:
-    """``{"values": (3, n) metric / JSD / accuracy, "edit_seconds", "seconds"}`` of one unit; editor units: one
+    """``{"values": (4, n) metric / JSD / accuracy / disagreement (:data:`_SCORES`), "edit_seconds", "seconds"}`` of one unit; editor units: one
     column per model of the batch; baseline units: one column per strength."""
     t0 = time.perf_counter()
     sp = work.splits[unit.split]
@@ -892,30 +1330,34 @@ def _collect(work: _Work, values: Sequence[Mapping[str, Any]]) -> tuple[dict[str
         vals = np.asarray(v["values"], dtype=np.float64)
         M = len(work.splits[u.split].models)
         if u.kind == "editor":
-            arr = per.setdefault((u.method, u.split), np.full((len(work.runs[u.method]), 3, M), np.nan))
+            arr = per.setdefault((u.method, u.split), np.full((len(work.runs[u.method]), len(_SCORES), M), np.nan))
             arr[u.run, :, u.lo:u.hi] = vals
             edit_s[u.method] += float(v["edit_seconds"])
             edit_n[u.method] += u.hi - u.lo
         else:
-            arr = per.setdefault((u.method, u.split), np.full((3, len(work.baselines[u.method].values), M), np.nan))
+            arr = per.setdefault((u.method, u.split), np.full((len(_SCORES), len(work.baselines[u.method].values), M), np.nan))
             arr[:, :, u.lo] = vals
         seconds[u.method] += float(v["seconds"])
     methods: dict[str, MethodResult] = {}
-    for name, rs in work.runs.items():
-        res = {}
-        for sname in work.splits:
-            arr = per.get((name, sname))
-            runs = [] if arr is None else list(arr)
-            res[sname] = ([(r[0].mean(), r[1].mean()) for r in runs], [r[2].mean() for r in runs])
-        methods[name] = MethodResult(name, "editor", [r.label for r in rs], res["validation"][0], res["test"][0],
-                                     res["validation"][1], res["test"][1])
-    for name, b in work.baselines.items():
-        res = {}
-        for sname in work.splits:
-            out = per[(name, sname)]
-            res[sname] = (np.stack([out[0].mean(1), out[1].mean(1)], 1), out[2].mean(1))
-        methods[name] = MethodResult(name, "baseline", list(b.labels), res["validation"][0], res["test"][0],
-                                     res["validation"][1], res["test"][1])
+    # per (method, split): (runs, scores, models); a run's point is the mean over models (NaN when one is NaN: the
+    # point is then left out of the fronts and counted, see MethodResult.nonfinite_points)
+    runs_first = {key: (arr if key[0] in work.runs else np.moveaxis(arr, 1, 0)) for key, arr in per.items()}
+    for name in [*work.runs, *work.baselines]:
+        n_runs = len(work.runs[name]) if name in work.runs else len(work.baselines[name].values)
+        res, bad = {}, {}
+        for sname, sp in work.splits.items():
+            arr = runs_first.get((name, sname), np.full((n_runs, len(_SCORES), len(sp.models)), np.nan))
+            with np.errstate(invalid="ignore"):
+                res[sname] = arr.mean(-1)  # (runs, scores)
+            bad[sname] = int((~np.isfinite(arr)).any(1).sum())  # (run, model) results with a non-finite value
+        v, t = res["validation"], res["test"]
+        if name in work.runs:
+            kind, labels = "editor", [r.label for r in work.runs[name]]
+        else:
+            kind, labels = "baseline", list(work.baselines[name].labels)
+        methods[name] = MethodResult(name, kind, labels, v[:, :2], t[:, :2], v[:, 2], t[:, 2],
+                                     val_disagreement=v[:, 3], test_disagreement=t[:, 3],
+                                     nonfinite_model_results={"validation": bad["validation"], "test": bad["test"]})
     batched = {name: edit_s[name] / max(edit_n[name], 1) for name in work.runs}
     return methods, seconds, batched
 
@@ -1012,6 +1454,8 @@ def _resolve_baselines(requirement: str, baselines) -> list[str]:
 # the protocol
 # ==================================================================================================
 def _subset(split, max_models: int | None, seed: int) -> list[int]:
+    """Indices of at most ``max_models`` models of ``split``, drawn with ``seed`` (every model when uncapped); the
+    protocol, matched comparisons and the composition pass their ``subset_seed``."""
     n = len(split)
     if max_models is None or n <= max_models:
         return list(range(n))
@@ -1086,7 +1530,7 @@ def run_protocol(
     splits = {}
     for zname, dname in (("validation", "evaluation"), ("test", "test")):
         zs = zoo[zname]
-        idx = _subset(zs, cfg.max_models, cfg.seed)
+        idx = _subset(zs, cfg.max_models, cfg.subset_seed)
         X, y, s = task.split(dname)
         splits[zname] = _Split(zname, [zs[i].to_module() for i in idx], [zs[i].model_id for i in idx], X, y, s)
     if not splits["test"].models or not splits["validation"].models:
@@ -1144,8 +1588,9 @@ def run_protocol(
         original = {}
         for sname, key in (("validation", "val"), ("test", "test")):
             sp = splits[sname]
-            m, _, acc = _score_models(requirement, sp, range(len(sp.models)), sp.models)
+            m, _, acc, _ = _score_models(requirement, sp, range(len(sp.models)), sp.models)
             original[f"{key}_metric"], original[f"{key}_accuracy"] = float(m.mean()), float(acc.mean())
+            original[f"{key}_label_jsd"] = float(label_jsd(sp.ref).mean())
 
         info = {
             "zoo": _zoo_label(zoo),
@@ -1159,6 +1604,8 @@ def run_protocol(
             "val_model_ids": splits["validation"].model_ids,
             "test_model_ids": splits["test"].model_ids,
             "original": original,
+            "majority_accuracy": {"validation": majority_accuracy(splits["validation"].y.numpy()),
+                                  "test": majority_accuracy(splits["test"].y.numpy())},
             "config": cfg.to_dict(),
             "editors": {name: [{"lam": r.effective_lam, "source": dict(r.editor.source) or None,
                                 "variant": r.editor.settings["variant"],

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edge_pass import SUPPORTED_ACTIVATIONS, edge_pass
+
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
 
 
@@ -79,6 +81,9 @@ class BidirectionalLayer(nn.Module):
         self.node_mlp = nn.Sequential(nn.Linear(3 * d, d), make_activation(activation), nn.Linear(d, d))
         self.node_norm = nn.LayerNorm(d) if node_norm else nn.Identity()
         self.edge_norm = nn.LayerNorm(k) if edge_norm else nn.Identity()
+        # with gradients: the per-edge work as one chunked autograd function (relu / leaky_relu, no edge
+        # norm); False runs plain autograd (the same maths, for comparison: scripts/bench_train.py)
+        self.chunked_backward = True
 
     # message passing in three steps, in the spirit of torch_geometric's MessagePassing
     def message(
@@ -132,9 +137,26 @@ class BidirectionalLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer: returns updated ``(h, e)``. ``deg_in``/``deg_out`` are float in/out-degrees per node."""
         src, dst = edge_index[0], edge_index[1]
+        if self.chunked_backward and self.activation in SUPPORTED_ACTIVATIONS and isinstance(self.edge_norm, nn.Identity):
+            return self._forward_chunked(h, e, src, dst, deg_in, deg_out)
         zf, ze, zb = self.message(h, e, src, dst)
         fwd, bwd = self.aggregate(zf, zb, src, dst, h.shape[0], deg_in, deg_out)
         return self.update(h, e, ze, fwd, bwd)
+
+    def _forward_chunked(self, h, e, src, dst, deg_in, deg_out) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the per-edge work in one chunked autograd function (:mod:`.edge_pass`)."""
+        p_f = F.linear(h, self.fwd_src.weight, self.fwd_e.bias)
+        p_s = F.linear(h, self.edge_src.weight, self.edge_e.bias)
+        p_d = F.linear(h, self.edge_dst.weight)
+        p_b = F.linear(h, self.bwd_dst.weight, self.bwd_e.bias)
+        e_new, fwd, bwd = edge_pass(
+            e, p_f, p_s, p_d, p_b, self.fwd_e.weight.t(), self.edge_e.weight.t(), self.bwd_e.weight.t(),
+            self.edge_out.weight.t(), src, dst, self.activation,
+        )
+        fwd = torch.addmm(deg_in.unsqueeze(1) * self.fwd_out.bias, fwd, self.fwd_out.weight.t())
+        bwd = torch.addmm(deg_out.unsqueeze(1) * self.bwd_out.bias, bwd, self.bwd_out.weight.t())
+        h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=1)))
+        return h, e_new
 
     @torch.no_grad()
     def forward_fused(

@@ -10,6 +10,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from ..graph.build import mlps_to_batch
+from ..graph.calibration import calibration_feature_count, calibration_features
 from ..graph.encoding import (
     COL_BIAS,
     COL_RUNNING_MEAN,
@@ -97,6 +98,9 @@ class GraphMetanetwork(nn.Module):
         node_norm: bool = True,
         edge_norm: bool = False,
         cond_dim: int = 0,
+        film: bool = False,
+        calibration: int = 0,
+        calibration_rounds: int = 0,
     ):
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -118,6 +122,16 @@ class GraphMetanetwork(nn.Module):
             "edge_norm": edge_norm,
             "cond_dim": cond_dim,
         }
+        if film:  # recorded only when on, so that configs of editors without it stay as they were
+            self.config["film"] = True
+        if calibration < 0:
+            raise ValueError(f"expected calibration >= 0 (points), got {calibration}")
+        if calibration:
+            self.config["calibration"] = calibration
+        if calibration_rounds < 0 or (calibration_rounds and not calibration):
+            raise ValueError(f"calibration_rounds needs a calibration batch and must be >= 0, got {calibration_rounds}")
+        if calibration_rounds:
+            self.config["calibration_rounds"] = calibration_rounds
         self.max_in, self.max_out, self.max_depth = max_in, max_out, max_depth
         n_types = num_node_types(max_in, max_out, max_depth)
         # INIT (paper eq. 20): an MLP over [features, positional, functional encodings]; the first linear
@@ -130,7 +144,12 @@ class GraphMetanetwork(nn.Module):
         # edges: [weight, kind] -> linear (kind has two values, so one 0/1 column is its one-hot code), plus
         # embeddings of the source and destination node types; the second linear map has no bias (every
         # use of e downstream is affine and absorbs it)
-        self.edge_feat = nn.Linear(2, de)  # [scaled weight, kind (0 linear / 1 skip)]
+        # [scaled weight, kind (0 linear / 1 skip)] and, with a calibration batch, its per-weight features
+        n_calib = calibration_feature_count(calibration_rounds) if calibration else 0
+        self.edge_feat = nn.Linear(2 + n_calib, de)
+        # the calibration inputs are part of the editor's state (saved with the weights): editing needs no data
+        self.calibration_inputs: torch.Tensor | None
+        self.register_buffer("calibration_inputs", torch.zeros(calibration, max_in) if calibration else None)
         self.edge_src_emb = nn.Embedding(n_types, de)
         self.edge_dst_emb = nn.Embedding(n_types, de)
         self.edge_init = nn.Linear(de, de, bias=False)
@@ -159,7 +178,27 @@ class GraphMetanetwork(nn.Module):
         if cond_dim:
             self.cond_node = nn.Linear(cond_dim, hidden)
             self.cond_edge = nn.Linear(cond_dim, de)
+        # FiLM (Perez et al. 2018; as in "You Only Train Once"): the condition also scales and shifts the node
+        # representations after every layer, so that no layer can ignore it; zero-initialised (identity)
+        self.film = None
+        if film:
+            if not cond_dim:
+                raise ValueError("film needs a conditioning input (cond_dim >= 1)")
+            self.film = nn.ModuleList(nn.Linear(cond_dim, 2 * hidden) for _ in range(layers))
+            for lin in self.film:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self._workspace: EdgeWorkspace | None = None  # buffers of the fused inference path (not state)
+
+    def _modulate(self, i: int, h: torch.Tensor, data: Data, cond: torch.Tensor | None) -> torch.Tensor:
+        """FiLM of layer ``i``: ``h * (1 + gamma(cond)) + beta(cond)`` per graph (identity without FiLM)."""
+        if self.film is None:
+            return h
+        gamma, beta = self.film[i](cond.to(h.dtype)).chunk(2, dim=1)
+        batch = getattr(data, "batch", None)
+        if batch is not None:
+            gamma, beta = gamma.index_select(0, batch), beta.index_select(0, batch)
+        return h * (1 + gamma) + beta
 
     # --- encoding ------------------------------------------------------------------------------------
     def _node_condition(self, data: Data, cond: torch.Tensor | None, layer: nn.Linear) -> torch.Tensor | None:
@@ -199,44 +238,68 @@ class GraphMetanetwork(nn.Module):
         h = self.node_init(h)
         return h, types, scale
 
-    def _edge_inputs(self, data: Data, types: torch.Tensor, scale: torch.Tensor, cond: torch.Tensor | None = None):
-        """Per-edge input features ``[sqrt(fan_in) * w, kind]`` and per-node source / destination terms."""
+    def edge_calibration(self, data: Data, keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-weight calibration features of ``data`` (None without a calibration batch); with
+        ``calibration_rounds``, ``keep`` is each model's fraction of weights to keep (pruning targets)."""
+        if self.calibration_inputs is None:
+            return None
+        rounds = self.config.get("calibration_rounds", 0)
+        if rounds and keep is None:
+            raise ValueError("this metanetwork prunes by iterative saliency rounds: it needs each model's keep fraction")
+        n_in = int((data.node_kind == INPUT).sum()) // max(1, int(getattr(data, "num_graphs", 1) or 1))
+        return calibration_features(data, self.calibration_inputs[:, :n_in], keep=keep if rounds else None,
+                                    rounds=rounds).to(self.alpha.dtype)
+
+    def _edge_inputs(self, data: Data, types: torch.Tensor, scale: torch.Tensor, cond: torch.Tensor | None = None,
+                     calib: torch.Tensor | None = None):
+        """Per-edge input features ``[sqrt(fan_in) * w, kind (, calibration features)]`` and per-node source /
+        destination terms."""
         dtype = self.alpha.dtype
         w = data.edge_attr.to(dtype).reshape(-1) * scale.index_select(0, data.edge_index[1])
-        feats = torch.stack([w, data.edge_kind.to(dtype)], dim=1)
+        columns = [w.unsqueeze(1), data.edge_kind.to(dtype).unsqueeze(1)]
+        if (calib is None) != (self.calibration_inputs is None):
+            raise ValueError("calibration features are given exactly when the metanetwork has a calibration batch")
+        if calib is not None:
+            columns.append(calib)
+        feats = torch.cat(columns, dim=1)
         p_src = self.edge_src_emb(types) + self.edge_feat.bias
         if self.cond_dim:
             p_src = p_src + self._node_condition(data, cond, self.cond_edge)
         return feats, p_src, self.edge_dst_emb(types)
 
-    def encode(self, data: Data, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, data: Data, cond: torch.Tensor | None = None,
+               calib: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Initial node and edge representations, and ``sqrt(fan_in)`` per node (the input scale)."""
         h, types, scale = self._encode_nodes(data, cond)
         src, dst = data.edge_index[0], data.edge_index[1]
-        feats, p_src, p_dst = self._edge_inputs(data, types, scale, cond)
+        feats, p_src, p_dst = self._edge_inputs(data, types, scale, cond, calib)
         e = p_src.index_select(0, src).addmm_(feats, self.edge_feat.weight.t()).add_(p_dst.index_select(0, dst))
         e = torch.mm(activation_(self._activation, e), self.edge_init.weight.t())
         return h, e, scale
 
     # --- forward -------------------------------------------------------------------------------------
-    def forward(self, data: Data, *, cond: torch.Tensor | None = None, with_logits: bool = True) -> EditOutput:
+    def forward(self, data: Data, *, cond: torch.Tensor | None = None, with_logits: bool = True,
+                keep: torch.Tensor | None = None) -> EditOutput:
         """Edit a parameter graph / ``Batch`` (see :class:`EditOutput`); ``with_logits=False`` skips the mask heads.
 
         With gradients enabled this runs the plain autograd path; under ``torch.no_grad`` /
         ``torch.inference_mode`` a fused, chunked path with the same maths (equal to float rounding) that
         is several times faster on CPU.
         """
+        calib = self.edge_calibration(data, keep)
         if torch.is_grad_enabled():
-            return self._forward_autograd(data, with_logits, cond)
-        return self._forward_fused(data, with_logits, cond)
+            return self._forward_autograd(data, with_logits, cond, calib)
+        return self._forward_fused(data, with_logits, cond, calib)
 
-    def _forward_autograd(self, data: Data, with_logits: bool, cond: torch.Tensor | None = None) -> EditOutput:
-        h, e, scale = self.encode(data, cond)
+    def _forward_autograd(self, data: Data, with_logits: bool, cond: torch.Tensor | None = None,
+                          calib: torch.Tensor | None = None) -> EditOutput:
+        h, e, scale = self.encode(data, cond, calib)
         deg_in, deg_out = self._degrees(data, h.dtype)
         edge_delta = h.new_zeros(e.shape[0])
         node_delta = h.new_zeros(h.shape[0], len(EDITABLE_COLUMNS))
         for i, layer in enumerate(self.layers):
             h, e = layer(h, e, data.edge_index, deg_in, deg_out)
+            h = self._modulate(i, h, data, cond)
             a, head = self.alpha[i], self.edge_heads[i]
             edge_delta = torch.addmv(edge_delta + a * head.bias, e, a * head.weight[0])
             node_delta = node_delta + a * self.node_heads[i](h)
@@ -244,14 +307,15 @@ class GraphMetanetwork(nn.Module):
         return self._output(data, h, edge_delta, node_delta, scale, edge_logits, with_logits)
 
     @torch.no_grad()
-    def _forward_fused(self, data: Data, with_logits: bool, cond: torch.Tensor | None = None) -> EditOutput:
+    def _forward_fused(self, data: Data, with_logits: bool, cond: torch.Tensor | None = None,
+                       calib: torch.Tensor | None = None) -> EditOutput:
         h, types, scale = self._encode_nodes(data, cond)
         src, dst = data.edge_index[0], data.edge_index[1]
         n_edges, width = src.shape[0], self.config["edge_hidden"]
         work = self._take_workspace(width, h.dtype, h.device)
         try:
             # initial edge representations, chunk by chunk into one buffer that the layers update in place
-            feats, p_src, p_dst = self._edge_inputs(data, types, scale, cond)
+            feats, p_src, p_dst = self._edge_inputs(data, types, scale, cond, calib)
             e = work.edges(n_edges)
             w_feat, w_init = self.edge_feat.weight.t(), self.edge_init.weight.t()
             for s, t in work.chunks(n_edges):
@@ -265,6 +329,7 @@ class GraphMetanetwork(nn.Module):
             for i, layer in enumerate(self.layers):
                 a, head = self.alpha[i], self.edge_heads[i]
                 h = layer.forward_fused(h, e, src, dst, deg_in, deg_out, work, head=(a * head.weight[0], edge_delta))
+                h = self._modulate(i, h, data, cond)
                 edge_delta += a * head.bias
                 node_delta += a * self.node_heads[i](h)
             edge_logits = None

@@ -66,6 +66,39 @@ def straight_through(logits: torch.Tensor, temperature: float, hard: bool) -> to
     return hard_mask if hard else hard_mask + p_keep - p_keep.detach()
 
 
+def topk_mask(
+    logits: torch.Tensor, group: torch.Tensor, k: torch.Tensor, temperature: float, hard: bool
+) -> torch.Tensor:
+    """Keep-mask that keeps exactly ``k[g]`` elements of each group ``g``: those with the highest keep score
+    ``logit_keep - logit_drop``. Hard 0/1 forward; while training (``hard=False``) a straight-through soft
+    gradient ``sigmoid((score - threshold_g) / temperature)``, the threshold half-way between the last kept and
+    the first dropped score of the group. ``group`` (per element) must be sorted (elements of one graph are
+    contiguous, as in a torch_geometric batch); ``k`` is per group, clamped to ``[0, group size]``."""
+    score = logits[..., 1] - logits[..., 0]
+    n_groups = k.shape[0]
+    sizes = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    # rank within the group: sort by score (descending), then stably by group
+    by_score = torch.argsort(score.detach(), descending=True, stable=True)
+    order = by_score.index_select(0, torch.argsort(group.index_select(0, by_score), stable=True))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=order.device)
+    rank = rank - starts.index_select(0, group)
+    k = torch.minimum(k.to(sizes.dtype).clamp(min=0), sizes)
+    keep = rank < k.index_select(0, group)
+    hard_mask = keep.to(score.dtype)
+    if hard:
+        return hard_mask
+    sorted_scores = score.detach().index_select(0, order)
+    last_kept = sorted_scores[(starts + k - 1).clamp(min=0, max=score.shape[0] - 1)]
+    first_dropped = sorted_scores[(starts + k).clamp(max=score.shape[0] - 1)]
+    last_kept = torch.where(k > 0, last_kept, first_dropped + 1.0)
+    first_dropped = torch.where(k < sizes, first_dropped, last_kept - 1.0)
+    threshold = ((last_kept + first_dropped) / 2).index_select(0, group)
+    soft = torch.sigmoid((score - threshold) / temperature)
+    return hard_mask + soft - soft.detach()
+
+
 class Requirement(ABC):
     """One requirement (data minimisation, fairness, pruning ...)."""
 
@@ -85,9 +118,34 @@ class Requirement(ABC):
         self.variant = variant
         self.temperature = float(temperature)
 
+    #: what a target-conditioned editor is asked for per model (e.g. "fraction of weights kept"); None: the
+    #: requirement has no target form and is traded off with lambda only
+    target_name: ClassVar[str | None] = None
+
     @abstractmethod
-    def apply(self, data: Data, out: EditOutput, *, hard: bool) -> Edit:
-        """Edited values and masks of the requirement's variant."""
+    def apply(self, data: Data, out: EditOutput, *, hard: bool, target: torch.Tensor | None = None) -> Edit:
+        """Edited values and masks of the requirement's variant; with ``target`` (one value per model) the
+        masks meet it exactly (see :meth:`check_target_range`)."""
+
+    def check_target_range(self, target_range, n_features: int) -> tuple[float, float]:
+        """Validate a target range ``(low, high)`` of a target-conditioned editor; returns it as floats."""
+        raise ConfigError(f"requirement {self.name!r} has no target form: train it with lam or lam_range")
+
+    def target_condition(self, target: torch.Tensor, target_range: tuple[float, float]) -> torch.Tensor:
+        """The metanetwork's conditioning input for ``target``: its position in the range, mapped to [-1, 1]."""
+        lo, hi = (float(v) for v in target_range)
+        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-12)
+        return ((target.double() - mid) / half).float().unsqueeze(1)
+
+    def sample_targets(self, n: int, target_range: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+        """Targets drawn for ``n`` models while training (uniform over the range)."""
+        lo, hi = (float(v) for v in target_range)
+        return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def target_grid(self, target_range: tuple[float, float], n: int = 5) -> tuple[float, ...]:
+        """Targets of validation and of the evaluation grid."""
+        lo, hi = (float(v) for v in target_range)
+        return tuple(lo + (hi - lo) * i / max(1, n - 1) for i in range(n))
 
     @abstractmethod
     def penalty(self, outcome: Outcome) -> torch.Tensor:

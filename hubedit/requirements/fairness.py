@@ -18,7 +18,7 @@ class Fairness(Requirement):
     needs_labels = True
     uses_mask_heads = False
 
-    def apply(self, data, out, *, hard: bool) -> Edit:
+    def apply(self, data, out, *, hard: bool, target: torch.Tensor | None = None) -> Edit:
         return Edit(out.edge_values, out.node_values)
 
     def penalty(self, outcome: Outcome) -> torch.Tensor:

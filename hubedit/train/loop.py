@@ -28,7 +28,7 @@ from ..editor.editing import evaluate_edits, run_edit, score
 from ..editor.editor import Editor
 from ..errors import ConfigError
 from ..graph import mlp_to_graph
-from .sampling import sample_lambdas, sample_models, sample_points
+from .sampling import sample_lambdas, sample_models, sample_points, step_generator
 
 
 @dataclass
@@ -39,10 +39,21 @@ class EditorTrainingConfig:
     variant: str | None = None
     lam: float | None = None
     lam_range: tuple[float, float] | None = None
+    target_range: tuple[float, float] | None = None  # target-conditioned: loss = JSD at a target met exactly
+    preference: tuple[float, float] | None = None  # (r_jsd, r_requirement) of scalarisation "epo" / "linear"
+    scalarisation: str = "lambda"  # "lambda": JSD + lam * R; "epo" / "linear": hubedit.train.scalarisation
+    epo_eps: float = 1e-4
     steps: int = 1000
     models_per_step: int = 32
     points_per_step: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": decay to lr_min_ratio * lr over the run, after warmup_steps
+    warmup_steps: int = 0
+    lr_min_ratio: float = 0.05
+    edge_hidden: int | None = None  # metanetwork edge width (default: hidden // 2)
+    film: bool = False  # the condition also scales and shifts every layer's node representations
+    calibration: int = 0  # points of the editing split whose per-weight features the editor reads (0: none)
+    calibration_rounds: int = 0  # target-conditioned pruning: rounds of iterative saliency pruning as features
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
     hidden: int = 64
@@ -55,8 +66,24 @@ class EditorTrainingConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if (self.lam is None) == (self.lam_range is None):
-            raise ConfigError("give exactly one of lam or lam_range")
+        if self.scalarisation not in ("lambda", "epo", "linear"):
+            raise ConfigError(f"scalarisation must be 'lambda', 'epo' or 'linear', got {self.scalarisation!r}")
+        if (self.scalarisation == "lambda") != (self.preference is None):
+            raise ConfigError(f"scalarisation {self.scalarisation!r} "
+                              + ("needs a preference (r_jsd, r_requirement)" if self.preference is None
+                                 else f"takes no preference, got {self.preference!r}; use scalarisation 'epo' or 'linear'"))
+        if sum(v is not None for v in (self.lam, self.lam_range, self.target_range, self.preference)) != 1:
+            raise ConfigError("give exactly one of lam, lam_range, target_range or preference (with scalarisation "
+                              "'epo' / 'linear')")
+        if self.preference is not None:
+            from .scalarisation import check_preference
+
+            check_preference(self.preference, 2)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0 <= self.lr_min_ratio <= 1:
+            raise ConfigError(f"warmup_steps must be >= 0 and lr_min_ratio in [0, 1], got {self.warmup_steps}, "
+                              f"{self.lr_min_ratio}")
         if not 0 < self.zoo_fraction <= 1:
             raise ConfigError(f"zoo_fraction must be in (0, 1], got {self.zoo_fraction}")
         if self.steps < 1 or self.models_per_step < 1 or self.points_per_step < 1:
@@ -70,6 +97,17 @@ def _graphs(split) -> list:
 def _default_eval_lambdas(lam_range) -> tuple[float, ...]:
     lo, hi = math.log(lam_range[0]), math.log(lam_range[1])
     return tuple(float(math.exp(lo + (hi - lo) * k / 4)) for k in range(5))
+
+
+def lr_factor(cfg: EditorTrainingConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then constant or cosine decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _objective(metric: torch.Tensor, jsd: torch.Tensor, lam: float, scale: float) -> float:
@@ -208,6 +246,8 @@ def train_editor(
     variant: str | None = None,
     lam: float | None = None,
     lam_range: tuple[float, float] | None = None,
+    target_range: tuple[float, float] | None = None,
+    preference: tuple[float, float] | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     accelerator=None,
@@ -217,8 +257,11 @@ def train_editor(
 ) -> Editor:
     """Train an editor on ``zoo`` (a :class:`~hubedit.zoo.Zoo`) for ``requirement``.
 
-    Give ``lam`` for one trade-off, or ``lam_range=(low, high)`` for a lambda-conditioned editor that
-    takes lambda at edit time. Other keyword arguments are :class:`EditorTrainingConfig` fields. With
+    Give ``lam`` for one trade-off, ``lam_range=(low, high)`` for a lambda-conditioned editor that
+    takes lambda at edit time, or ``target_range=(low, high)`` for a target-conditioned editor: each model of
+    a step gets a target level drawn from the range (fraction of weights kept, log-uniform; number of kept
+    features, uniform), the masks keep exactly that much (top-k with a straight-through gradient) and the loss
+    is the JSD alone; validation scores a grid of targets. Other keyword arguments are :class:`EditorTrainingConfig` fields. With
     ``out``, the best editor is saved there (``save_pretrained`` layout) and checkpoints go to
     ``out/checkpoint`` (``resume=True`` continues from it, with the same settings but ``steps``; without a
     checkpoint there it starts afresh). A folder that holds an earlier run's files is refused with
@@ -231,7 +274,9 @@ def train_editor(
 
     cfg = EditorTrainingConfig(
         requirement=requirement, variant=variant, lam=lam,
-        lam_range=None if lam_range is None else tuple(float(v) for v in lam_range), **hyper,
+        lam_range=None if lam_range is None else tuple(float(v) for v in lam_range),
+        target_range=None if target_range is None else tuple(float(v) for v in target_range),
+        preference=None if preference is None else tuple(float(v) for v in preference), **hyper,
     )
     cfg.validate()
     if out is not None:
@@ -266,7 +311,13 @@ def train_editor(
     editor = Editor(
         requirement=requirement, task=zoo.task_name, variant=variant, lam=cfg.lam,
         lam_range=None if cfg.lam_range is None else list(cfg.lam_range), feature_schema=task.schema(),
-        metanet={"hidden": cfg.hidden, "layers": cfg.layers}, temperature=cfg.temperature,
+        target_range=None if cfg.target_range is None else list(cfg.target_range),
+        preference=None if cfg.preference is None else list(cfg.preference),
+        metanet={"hidden": cfg.hidden, "layers": cfg.layers, "edge_hidden": cfg.edge_hidden,
+                 **({"film": True} if cfg.film else {}),
+                 **({"calibration": cfg.calibration} if cfg.calibration else {}),
+                 **({"calibration_rounds": cfg.calibration_rounds} if cfg.calibration_rounds else {})},
+        temperature=cfg.temperature,
         zoo=dict(zoo.source) or {"task": zoo.task_name}, training={},
     )
     req = editor.requirement
@@ -274,7 +325,18 @@ def train_editor(
     optimizer = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(editor, optimizer)
     device = accelerator.device
-    eval_lams = cfg.eval_lambdas or ((cfg.lam,) if cfg.lam is not None else _default_eval_lambdas(cfg.lam_range))
+    target_range = editor.target_range
+    if target_range is not None:
+        eval_lams = tuple(cfg.eval_lambdas) or req.target_grid(target_range)  # validation targets
+    elif cfg.preference is not None:
+        eval_lams = (None,)  # one point: the editor's own trade-off
+    else:
+        eval_lams = cfg.eval_lambdas or ((cfg.lam,) if cfg.lam is not None else _default_eval_lambdas(cfg.lam_range))
+    scal = None
+    if cfg.preference is not None:
+        from .scalarisation import Scalarisation
+
+        scal = Scalarisation(cfg.scalarisation, cfg.preference, eps=cfg.epo_eps)
 
     start_step, best = 0, {"objective": math.inf, "step": -1, "front": []}
     if resuming:
@@ -308,6 +370,18 @@ def train_editor(
         net.eval()
         points, objective = [], 0.0
         for lam_v in eval_lams:
+            if target_range is not None:  # the target is met exactly: the objective is the JSD
+                metric, jsd = evaluate_edits(net.metanet, req, val_graphs, Xv, yv, sv, lam=None, lam_range=None,
+                                             target=lam_v, target_range=target_range)
+                points.append({"target": lam_v, "metric": float(metric.mean()), "jsd": float(jsd.mean())})
+                objective += float(jsd.mean()) / len(eval_lams)
+                continue
+            if scal is not None:  # weighted Chebyshev value: on a front crossing the preference ray, its minimiser
+                metric, jsd = evaluate_edits(net.metanet, req, val_graphs, Xv, yv, sv, lam=None, lam_range=None)
+                r_jsd, r_req = cfg.preference  # is the exact Pareto optimal point EPO aims at
+                points.append({"preference": list(cfg.preference), "metric": float(metric.mean()), "jsd": float(jsd.mean())})
+                objective = max(r_jsd * float(jsd.mean()), r_req * float(metric.mean()) / scale)
+                continue
             metric, jsd = evaluate_edits(net.metanet, req, val_graphs, Xv, yv, sv, lam=lam_v, lam_range=cfg.lam_range)
             points.append({"lam": lam_v, "metric": float(metric.mean()), "jsd": float(jsd.mean())})
             objective += _objective(metric, jsd, lam_v, scale) / len(eval_lams)
@@ -325,20 +399,35 @@ def train_editor(
         pts = sample_points(len(ye), cfg.points_per_step, cfg.seed, step, rank)
         x, y, s = Xe[pts].to(device), ye[pts].to(device), se[pts].to(device)
         m = len(idx)
-        lam_t = (sample_lambdas(m, cfg.lam_range, cfg.seed, step, rank) if cfg.lam_range is not None
-                 else torch.full((m,), float(cfg.lam))).to(device)
+        target_t = None
+        if target_range is not None:
+            target_t = req.sample_targets(m, target_range, step_generator(cfg.seed, step, 201 + rank)).to(device)
+            lam_t = torch.zeros(m, device=device)  # the target replaces the requirement term
+        else:
+            lam_t = (sample_lambdas(m, cfg.lam_range, cfg.seed, step, rank) if cfg.lam_range is not None
+                     else torch.full((m,), float(cfg.lam if cfg.lam is not None else 1.0))).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step)
         # through the prepared (possibly DDP-wrapped) module, so that gradients are synchronised
-        _, edit = run_edit(model, req, batch, lam=lam_t, lam_range=cfg.lam_range, hard=False)
+        _, edit = run_edit(model, req, batch, lam=lam_t, lam_range=cfg.lam_range, hard=False,
+                           target=target_t, target_range=target_range)
         outcome, jsd = score(req, batch, edit, x, y, s)
         penalty = req.penalty(outcome)
-        loss = (jsd + lam_t * penalty).mean()
         optimizer.zero_grad(set_to_none=True)
+        if scal is None:
+            loss = (jsd + lam_t * penalty).mean()
+        else:  # objectives (JSD, requirement); with several processes the weights come from averaged gradients
+            loss = scal.combine(torch.stack([jsd.mean(), penalty.mean()]), model.parameters(),
+                                reduce=(lambda t: accelerator.reduce(t, "mean")) if world > 1 else None)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         terms = accelerator.gather(torch.stack([loss.detach(), jsd.detach().mean(), penalty.detach().mean()]).reshape(1, 3))
         terms = terms.reshape(-1, 3).mean(0)
         record = {"step": step + 1, "loss": float(terms[0]), "jsd": float(terms[1]), "requirement": float(terms[2])}
+        if scal is not None and scal.last is not None:
+            record.update(scalarisation_mode=scal.last.mode, mu=float(scal.last.mu),
+                          weights=[float(w) for w in scal.last.weights])
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", jsd=f"{record['jsd']:.4f}", R=f"{record['requirement']:.3f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
