@@ -4,12 +4,17 @@
    port, storage under ``OUT/hub`` -- or, with ``endpoint`` / ``token`` (or ``HF_TOKEN`` set), a real Hub;
 2. build a tiny zoo and publish it as a dataset repo; read it back with ``datasets.load_dataset`` and
    :meth:`Zoo.from_hub` at the pinned commit;
-3. train an editor briefly on it and publish it (``Editor.push_to_hub``, generated card + Pareto plot);
-4. load the editor back with ``Editor.from_pretrained`` at the pinned commit;
-5. edit a held-out model (the zoo's test split), export it to ONNX and check onnxruntime against torch on
-   the whole test split;
-6. publish the edited model (weights, config, ONNX, card, Pareto plot: one commit);
-7. print what was published and where to look.
+3. train a small demo editor briefly on it (to show training) and publish it (``Editor.push_to_hub``,
+   generated card + Pareto plot);
+4. load the demo editor back with ``Editor.from_pretrained`` at the pinned commit;
+5. publish the reference editor shipped with the package (:mod:`hubedit.reference`, ``prune-edit-adult``,
+   trained on a full zoo, unlike the 120-step demo editor) with :func:`hubedit.publish_editors.publish_editors`
+   and load it back from the Hub;
+6. edit a held-out model (the zoo's test split) with the reference editor -- at a target fraction of weights
+   kept when it is target-conditioned -- export it to ONNX and check onnxruntime against torch on the whole
+   test split; an installation without the reference editor edits with the demo editor instead (and says so);
+7. publish the edited model (weights, config, ONNX, card, Pareto plot: one commit);
+8. print what was published, which editor edited the model, and where to look.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_DISABLE_XET`` when it is imported, so
 :func:`configure_hub` sets them before anything imports it; :func:`run` does that first. Called in a process
@@ -36,6 +41,9 @@ QUICKSTART: dict[str, Any] = {
     "zoo": {"preset": "tiny", "n_configs": 12, "epochs": 3, "seed": 0},
     "editor": {"requirement": "prune", "variant": "prune-edit", "lam": 0.02, "steps": 120, "models_per_step": 8,
                "points_per_step": 256, "hidden": 32, "layers": 2, "eval_every": 20, "lr": 1e-2, "seed": 0},
+    # the shipped reference editor (hubedit/reference/<name>) edits the held-out model; a target-conditioned one at
+    # this fraction of weights kept (clipped into its target_range)
+    "reference": {"target": 0.2},
 }
 EMBEDDED_NAMESPACE = "hubedit-quickstart"
 
@@ -215,14 +223,24 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     import torch
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    steps = _Steps(6, quiet)  # hub, zoo, train, editor, edit, publish
+    from . import reference
+
     cfg = QUICKSTART
     task_name = cfg["task"]
+    reference_name = reference.QUICKSTART_EDITOR
+    reference_folder = reference.editor_folder(reference_name)
+    # hub, zoo, train, editor, [reference], edit, publish
+    steps = _Steps(6 if reference_folder is None else 7, quiet)
     if hub.embedded:
         say(f"hubedit quickstart: embedded Hub at {hub.endpoint} (storage {hub.storage}); output in {out}")
     else:
         say(f"hubedit quickstart: Hub at {hub.endpoint}; output in {out}")
-    for note in hub.notes:
+    notes = list(hub.notes)
+    if reference_folder is None:
+        notes.append(f"no reference editor in this installation ({reference.REFERENCE_DIR / reference_name}): "
+                     "the held-out model is edited with the small demo editor trained below instead (120 steps on "
+                     "a tiny zoo: the card's Pareto position says how it compares with magnitude pruning)")
+    for note in notes:
         say(f"  note: {note}")
 
     # --- 1. the Hub is there
@@ -247,6 +265,8 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
         "editor": f"{namespace}/{cfg['editor']['variant']}-{task_name}-editor",
         "edited": f"{namespace}/{task_name}-mlp-pruned",
     }
+    if reference_folder is not None:
+        repos["reference_editor"] = f"{namespace}/{reference_name}"
     steps.done(f"signed in as {user!r}; repos under {namespace}/ ({'private' if private else 'public'})")
 
     # --- 2. zoo
@@ -287,13 +307,33 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     if not same:
         raise RuntimeError("the editor loaded back from the Hub differs from the one published")
     steps.done(f"{repos['editor']} @ {editor_commit[:10]}, weights identical")
+    edit_with = {"which": "demo", "repo_id": repos["editor"], "commit": editor_commit, "target": None,
+                 "target_range": None}
 
-    # --- 5. edit a held-out model, export and check ONNX, write the card
-    steps.start("edit", "Edit: a held-out model (zoo test split, final checkpoint); ONNX export checked with onnxruntime; card")
+    # --- 5. the reference editor: published from the package, loaded back from the Hub
+    reference_commit = None
+    if reference_folder is not None:
+        steps.start("reference", f"Reference editor: publishing the shipped {reference_name} to "
+                                 f"{repos['reference_editor']} and loading it back with Editor.from_pretrained")
+        editor, reference_commit, target = _publish_reference_editor(
+            reference_folder, namespace, repos["reference_editor"], task_name, cfg["reference"]["target"],
+            private=private, token=hub.token)
+        target_range = None if editor.target_range is None else list(editor.target_range)
+        edit_with = {"which": "reference", "repo_id": repos["reference_editor"], "commit": reference_commit,
+                     "target": target, "target_range": target_range}
+        at = f"; edits at target {target:g} ({editor.requirement.target_name})" if target is not None else ""
+        steps.done(f"{repos['reference_editor']} @ {reference_commit[:10]}, weights identical{at}")
+
+    # --- 6. edit a held-out model, export and check ONNX, write the card
+    by = "the demo editor"
+    if edit_with["which"] == "reference":
+        by = "the reference editor" + ("" if edit_with["target"] is None else f" at target {edit_with['target']:g}")
+    steps.start("edit", f"Edit: a held-out model (zoo test split, final checkpoint) with {by}; ONNX export checked "
+                        "with onnxruntime; card")
     ckpt = zoo["test"].stage("final")[0]
     model = ckpt.to_module()
     model.source = {**(getattr(model, "source", None) or {}), "zoo": dict(zoo.source)}
-    edited = editor.edit(model)
+    edited = editor.edit(model, target=edit_with["target"])
     task = zoo.task
     from .publish import publish_edited_folder, save_edited
 
@@ -305,7 +345,7 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
     steps.done(f"{ckpt.model_id}: weights kept {report['after']['weights_kept']:.3f}, JSD {report['after']['jsd']:.4f}; "
                f"onnxruntime max |diff| {onnx_check['test_max_abs_diff']:.1e} on {onnx_check['test_rows']} test rows")
 
-    # --- 6. publish it
+    # --- 7. publish it
     steps.start("publish", f"Publish: the edited model to {repos['edited']} (card validated by the Hub first, one commit)")
     commit = publish_edited_folder(edited_dir, repos["edited"], private=private, token=hub.token)
     steps.done(f"{repos['edited']} @ {commit.oid[:10]}: {', '.join(saved.files)}")
@@ -333,10 +373,12 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
             "edited": {"repo_id": repos["edited"], "repo_type": "model", "commit": commit.oid,
                        "url": web(repos["edited"], "model", commit.oid)},
         },
+        "notes": notes,
         "zoo": {"checkpoints": len(zoo), "load_dataset_rows": n_rows},
         "editor": {"validation_front": vf, "folder": str(editor_dir)},
         "edited": {
             "original": ckpt.model_id,
+            "editor": edit_with,
             "before": {k: before[k] for k in ("accuracy", "eod", "weights_kept")},
             "after": {k: after[k] for k in ("accuracy", "jsd", "eod", "weights_kept")},
             "pareto": report["pareto"]["sentence"] if report.get("pareto") else None,
@@ -347,10 +389,51 @@ def _run(out: Path, hub: HubTarget, *, namespace, private, progress, quiet, t_st
         },
         "timings": {k: round(v, 2) for k, v in steps.timings.items()} | {"total": round(total, 2)},
     }
+    if reference_commit is not None:
+        summary["repos"]["reference_editor"] = {
+            "repo_id": repos["reference_editor"], "repo_type": "model", "commit": reference_commit,
+            "url": web(repos["reference_editor"], "model", reference_commit)}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         print(_summary_text(summary), flush=True)
     return summary
+
+
+def _publish_reference_editor(folder: Path, namespace: str, repo_id: str, task_name: str, target: float, *,
+                              private: bool | None, token: str | None) -> tuple[Any, str, float | None]:
+    """Publish the shipped reference editor in ``folder`` to ``repo_id`` (``namespace/<folder name>``) with
+    :func:`hubedit.publish_editors.publish_editors` and load it back from the Hub at that commit.
+
+    Returns ``(editor, commit, target)``: ``target`` is the fraction of weights kept to edit at -- ``target``
+    clipped into the editor's ``target_range`` -- or ``None`` for an editor trained for one trade-off."""
+    import torch
+
+    from .editor import Editor
+    from .errors import ConfigError
+    from .publish_editors import publish_editors
+
+    shipped = Editor.from_pretrained(folder)  # checked before anything is published
+    s = shipped.settings
+    if s["task"] != task_name or s["requirement"] != "prune":
+        raise ConfigError(f"the reference editor {folder} is a {s['requirement']!r} editor for {s['task']!r}; the "
+                          f"quickstart prunes {task_name!r} models")
+    if shipped.lam_range is not None:
+        raise ConfigError(f"the reference editor {folder} is lambda-conditioned (lam_range {list(shipped.lam_range)}); "
+                          "the quickstart edits with a target-conditioned editor or one trained for one trade-off")
+    if shipped.target_range is not None:
+        lo, hi = shipped.target_range
+        target = min(max(float(target), lo), hi)
+    else:
+        target = None
+    report = publish_editors(folder.parent, namespace, only=[folder.name], private=private, token=token)
+    (published,) = report.editors
+    if published.repo_id != repo_id:  # publish_editors names the repo after the folder
+        raise RuntimeError(f"the reference editor went to {published.repo_id}, expected {repo_id}")
+    editor = Editor.from_pretrained(repo_id, revision=published.commit, token=token)
+    a, b = shipped.state_dict(), editor.state_dict()
+    if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+        raise RuntimeError("the reference editor loaded back from the Hub differs from the one published")
+    return editor, published.commit, target
 
 
 def _train_editor_in(out: Path, zoo, requirement: str, *, say, **train_kwargs) -> tuple[Path, Any]:
@@ -397,6 +480,17 @@ def _summary_text(s: dict) -> str:
     r, e = s["repos"], s["edited"]
     b, a = e["before"], e["after"]
     t = s["timings"]
+    by = e["editor"]
+    if by["which"] == "reference":
+        at = "" if by["target"] is None else f" at target {by['target']:g} (fraction of weights kept)"
+        edited_by = f"the reference editor {by['repo_id']}{at}"
+    else:
+        edited_by = f"the demo editor {by['repo_id']} (no reference editor in this installation)"
+    reference_line = []
+    if "reference_editor" in r:
+        ref = r["reference_editor"]
+        reference_line = [f"  editor  model   {ref['repo_id']:<44} @ {ref['commit'][:10]}  (reference editor shipped "
+                          "with hubedit; card)"]
     lines = [
         "",
         f"hubedit quickstart finished in {_fmt_s(t['total'])}"
@@ -404,10 +498,12 @@ def _summary_text(s: dict) -> str:
         "",
         "Published (one commit each):",
         f"  zoo     dataset {r['zoo']['repo_id']:<44} @ {r['zoo']['commit'][:10]}  ({s['zoo']['checkpoints']} checkpoints)",
-        f"  editor  model   {r['editor']['repo_id']:<44} @ {r['editor']['commit'][:10]}  (card + validation Pareto plot)",
+        f"  editor  model   {r['editor']['repo_id']:<44} @ {r['editor']['commit'][:10]}  (demo editor trained here; card + "
+        "validation Pareto plot)",
+        *reference_line,
         f"  edited  model   {r['edited']['repo_id']:<44} @ {r['edited']['commit'][:10]}  (safetensors, ONNX, card, Pareto plot)",
         "",
-        f"Edited model ({e['original']}, test split):",
+        f"Edited model ({e['original']}, test split), edited by {edited_by}:",
         f"  accuracy          {b['accuracy']:.4f} -> {a['accuracy']:.4f}",
         f"  weights kept      {b['weights_kept']:.4f} -> {a['weights_kept']:.4f}",
         f"  JSD to original   {a['jsd']:.5f}",
@@ -426,6 +522,7 @@ def _summary_text(s: dict) -> str:
         f"  summary       {s['out']}/quickstart.json",
         f"  repos         {r['edited']['url']}",
         f"                {r['editor']['url']}",
+        *([f"                {r['reference_editor']['url']}"] if "reference_editor" in r else []),
         f"                {r['zoo']['url']}",
     ]
     if s["embedded"]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import random
 import statistics
 import time
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-rounds", type=int, default=10, help="timing rounds for the batched figures")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--editor", action="append", default=[], metavar="FOLDER",
+                    help="also time Editor.edit / edit_many of this saved editor (a target-conditioned one at --target); "
+                         "its calibration passes, masks and records included")
+    ap.add_argument("--target", type=float, default=0.2, help="target of target-conditioned --editor runs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,8 +131,20 @@ def main(argv: list[str] | None = None) -> None:
                 variants[name + f" {'unfused':>7}"] = (net, False)
 
     single_fns, same_fns, mixed_fns, parts = {}, {}, {}, {}
-    for name, (net, fused) in variants.items():
-        edit = make_editor(net, fused)
+    editors = {}
+    for folder in args.editor:
+        from hubedit import Editor
+
+        ed = Editor.from_pretrained(folder)
+        kw = {}
+        if ed.target_range is not None:  # --target for pruning; the middle of the range for a feature count
+            lo, hi = ed.target_range
+            kw["target"] = args.target if lo <= args.target <= hi else float(round((lo + hi) / 2))
+        extra = ", ".join(f"{k}={v}" for k, v in ed.metanet.config.items() if k in ("calibration", "calibration_rounds"))
+        name = f"Editor {Path(folder).name} ({extra or 'no calibration'})"
+        editors[name] = lambda models, ed=ed, kw=kw: ed.edit_many(models, batch_size=args.batch_size, **kw)
+    edits = {name: make_editor(net, fused) for name, (net, fused) in variants.items()} | editors
+    for name, edit in edits.items():
         single_fns[name] = lambda edit=edit: edit([single])
         same_fns[name] = lambda edit=edit: edit(same)
         mixed_fns[name] = lambda edit=edit: edit(mixed)
@@ -154,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{'models/s mixed':>14} {'models/s same':>13}   (batch {args.batch_size})")
     print(head)
     print("-" * len(head))
-    for name in variants:
+    for name in [*variants, *editors]:
         print(f"{name} | {t_single[name]:>11.4f} | {args.batch_size / t_mixed[name]:>14.0f} "
               f"{args.batch_size / t_same[name]:>13.0f}")
     first = next(iter(variants))

@@ -45,7 +45,10 @@ from hubedit.tasks import load_task  # noqa: E402
 from hubedit.zoo import Zoo  # noqa: E402
 from hubedit.zoo.outside import load_outside_population  # noqa: E402
 
-PRUNE_BASELINES = ("Magnitude", "SNIP", "Lottery Ticket")
+# "SNIP (own labels)": iterative SNIP against the model's own predicted labels, the rule whose outcome an editor
+# trained with --calibration-rounds reads as a feature (on its 256 calibration points; this baseline uses the
+# whole editing split) -- so that such an editor is also compared with what it was given
+PRUNE_BASELINES = ("Magnitude", "SNIP", "Lottery Ticket", "SNIP (own labels)")
 DM_BASELINES = ("FS", "FS & Retrain")
 
 
@@ -60,6 +63,10 @@ def run_baseline(name: str, model: MLP, level: float, task, cfg: ProtocolConfig,
         return baselines.magnitude_prune(model, level)
     if name == "SNIP":
         return baselines.snip_prune(model, level, Xe, ye, iterations=cfg.snip_iterations, seed=cfg.seed)
+    if name == "SNIP (own labels)":
+        with torch.no_grad():
+            own = model.predict_proba(Xe).argmax(-1)
+        return baselines.snip_prune(model, level, Xe, own, iterations=cfg.snip_iterations, seed=cfg.seed)
     if name == "Lottery Ticket":
         return baselines.lottery_ticket_prune(model, level, Xe, ye, iterations=cfg.lottery_iterations,
                                               epochs_per_iteration=cfg.lottery_epochs, seed=cfg.seed)

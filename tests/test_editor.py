@@ -272,3 +272,33 @@ def test_target_conditioned_editors_meet_the_target_exactly(models, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     card = (tmp_path / "p" / "README.md").read_text()
     assert "target-conditioned" in card and "target=" in card
+
+
+def test_calibration_priors_start_the_editor_at_iterative_snip_and_permutation_importance(models):
+    """An untrained editor with a calibration batch starts from its priors: with calibration rounds and prior
+    masks it prunes exactly as iterative SNIP on the model's own labels over the stored calibration points; with
+    feature importance it keeps the features of highest permutation importance on those points."""
+    from hubedit import baselines
+    from hubedit.graph.calibration import permutation_importance
+
+    prune = Editor(requirement="prune", variant="prune", task="adult", target_range=[0.05, 0.8],
+                   metanet={"hidden": 16, "layers": 2, "calibration": 64, "calibration_rounds": 3, "prior_masks": True})
+    x_cal = prune.metanet.calibration_inputs
+    assert torch.equal(x_cal, prune.metanet.calibration_inputs) and x_cal.abs().sum() > 0  # data, not zeros
+    for model, edited in zip(models, prune.edit_many(models, target=0.3)):
+        with torch.no_grad():
+            own = model(x_cal).argmax(-1)
+        snip = baselines.snip_prune(model, 0.3, x_cal, own, iterations=3)
+        assert all(torch.equal(a, b) for a, b in zip(baselines.masks_of(edited).values(), baselines.masks_of(snip).values()))
+    assert "calibration_prior" not in dict(prune.metanet.named_parameters())  # fixed with prior_masks
+
+    dm = Editor(requirement="minimise", task="adult", target_range=[1, 13],
+                metanet={"hidden": 16, "layers": 2, "calibration": 64, "feature_importance": True})
+    with torch.no_grad():  # an untrained input head adds the same small noise to every feature: remove it
+        dm.metanet.input_classifier[-1].weight.zero_()
+    importance = permutation_importance(mlps_to_batch(models), dm.metanet.calibration_inputs)
+    for i, edited in enumerate(dm.edit_many(models, target=4)):
+        assert sorted(edited.record["kept_features"]) == sorted(importance[i].topk(4).indices.tolist())
+    with pytest.raises(ConfigError, match="calibration_rounds"):
+        Editor(requirement="minimise", task="adult", target_range=[1, 13],
+               metanet={"hidden": 16, "layers": 2, "calibration": 64, "calibration_rounds": 2})

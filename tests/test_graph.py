@@ -183,3 +183,40 @@ def test_hidden_permutations_keep_function_and_match_graph_permutation(seed):
         assert torch.equal(gp.x, g.x[node_perm])
         assert torch.equal(gp.edge_attr, g.edge_attr[edge_perm])
         assert torch.equal(gp.edge_index, g.edge_index)  # the structure is canonical
+
+
+def test_calibration_rounds_reproduce_iterative_snip_on_own_labels():
+    """The iterative-saliency feature of hubedit.graph.calibration, computed for a batch of models at once, keeps
+    the same weights as the SNIP baseline (an independent implementation on modules) run on each model alone
+    with the model's own labels."""
+    from hubedit import baselines
+    from hubedit.graph.calibration import calibration_features
+    from hubedit.graph.writeback import batch_to_mlps
+
+    torch.manual_seed(0)
+    configs = [MLPConfig(6, (8, 16), 2, "relu", "batchnorm"), MLPConfig(6, (12,), 2, "tanh"),
+               MLPConfig(6, (8, 8, 8), 2, "gelu", "layernorm", skips=((0, 2),))]
+    models = [MLP(c).eval() for c in configs]
+    for m in models:  # non-trivial BatchNorm statistics
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(64, 6)
+    keep = torch.tensor([0.2, 0.5, 0.1], dtype=torch.float64)
+    batch = mlps_to_batch(models)
+    features = calibration_features(batch, x, keep=keep, rounds=4)
+    assert features.shape == (batch.edge_index.shape[1], 4)
+    masked = batch_to_mlps(batch, batch.edge_attr.reshape(-1) * features[:, 2], batch.x)
+    for model, mine, k in zip(models, masked, keep.tolist()):
+        with torch.no_grad():
+            own = model(x).argmax(-1)
+        snip = baselines.snip_prune(model, k, x, own, iterations=4)
+        assert torch.equal(baselines.masks_of(mine)["layers.0.weight"], baselines.masks_of(snip)["layers.0.weight"])
+        assert all(torch.equal(a, b) for a, b in zip(baselines.masks_of(mine).values(), baselines.masks_of(snip).values()))
+    # the first two columns are standardised within each model
+    group = batch.batch.index_select(0, batch.edge_index[0])
+    for g in range(3):
+        col = features[group == g, :2]
+        torch.testing.assert_close(col.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(col.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)

@@ -23,6 +23,9 @@ except ModuleNotFoundError:  # Python 3.10: huggingface_hub depends on tomli the
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hubedit"
+#: a reference editor folder planted in the wheel's source copy, so that the package-data rule for
+#: ``hubedit/reference/<name>/`` is checked whether or not this checkout ships one yet
+PROBE_EDITOR = "hubedit/reference/packaging-probe-editor"
 #: exception types whose handler makes an import inside ``try:`` optional
 _IMPORT_GUARDS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 
@@ -56,6 +59,11 @@ def wheel_members(tmp_path_factory) -> set[str]:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(PACKAGE, src / "hubedit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    (src / PROBE_EDITOR).mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (src / PROBE_EDITOR / name).write_text("probe\n")
+    (src / "hubedit" / "reference" / "__pycache__").mkdir()  # byte code a source tree may hold: not package data
+    (src / "hubedit" / "reference" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"probe")
     run = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,
@@ -87,6 +95,16 @@ def test_wheel_holds_every_task_data_file_and_module(wheel_members):
     modules = [f for f in _source_files(PACKAGE) if f.endswith(".py")]
     assert [f for f in modules if f not in wheel_members] == [], "modules missing from the wheel"
     assert any(m.endswith(".dist-info/entry_points.txt") for m in wheel_members), "no entry points (the hubedit command)"
+
+
+def test_wheel_holds_the_reference_editors(wheel_members):
+    """hubedit/reference/<name>/ (config.json, model.safetensors): the quickstart's reference editor ships in the
+    wheel -- the probe planted in the source copy, and every editor file this checkout holds -- but no byte code."""
+    assert {f"{PROBE_EDITOR}/config.json", f"{PROBE_EDITOR}/model.safetensors"} <= wheel_members
+    shipped = [f for f in _source_files(PACKAGE / "reference") if not f.endswith(".py")]
+    assert [f for f in shipped if f not in wheel_members] == [], "reference editor files missing from the wheel"
+    assert "hubedit/reference/__init__.py" in wheel_members
+    assert not [m for m in wheel_members if "__pycache__" in m or m.endswith(".pyc")]
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, int, bool]]:

@@ -51,7 +51,8 @@ def test_training_writes_editor_log_and_validation_front(tiny_zoo, tmp_path):
     cfg = json.loads((tmp_path / "ed" / "config.json").read_text())
     assert cfg["training"]["steps"] == 10 and cfg["zoo"]["path"] == str(tiny_zoo.source["path"])
     lines = (tmp_path / "ed" / "train_log.jsonl").read_text().splitlines()
-    assert len(lines) == 10 and "val_front" in json.loads(lines[4])
+    assert len(lines) == 11 and json.loads(lines[0])["step"] == 0  # step 0: the untrained editor's validation
+    assert "val_front" in json.loads(lines[0]) and "val_front" in json.loads(lines[5])
     again = Editor.from_pretrained(tmp_path / "ed")
     assert again.settings["validation_front"] == front
 
@@ -88,7 +89,7 @@ def _accelerate_train(launch_args: list[str], zoo_dir, out, requirement: str, la
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len((out / "train_log.jsonl").read_text().splitlines()) == steps
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == steps + 1  # + step 0, the untrained editor
     Editor.from_pretrained(out)
     return json.loads((out / "config.json").read_text())
 
@@ -103,7 +104,7 @@ def test_accelerate_launch_two_processes(tiny_zoo_dir, tmp_path):
         port = sock.getsockname()[1]
     cfg = _accelerate_train(["--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)], tiny_zoo_dir,
                             tmp_path / "ddp", "fairness", "1.0", 6)
-    assert cfg["training"]["processes"] == 2 and cfg["training"]["best_step"] in (3, 6)
+    assert cfg["training"]["processes"] == 2 and cfg["training"]["best_step"] in (0, 3, 6)  # 0: the untrained editor
 
 
 def test_accelerate_launch_cpu_flag_runs_to_the_end(tiny_zoo_dir, tmp_path):

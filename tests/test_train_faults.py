@@ -131,7 +131,8 @@ def test_two_processes_validate_and_push_once_from_the_main_process(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     main_rank, other = (json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1))
     assert main_rank["world"] == other["world"] == 2 and main_rank["rc"] == other["rc"] == 0
-    assert (main_rank["validations"], other["validations"]) == (steps // 2, 0)  # eval_every=2: at steps 2 and 4
+    # eval_every=2: at steps 0 (the untrained editor), 2 and 4
+    assert (main_rank["validations"], other["validations"]) == (1 + steps // 2, 0)
     assert (main_rank["pushes"], other["pushes"]) == (1, 0)
     assert proc.stdout.count(f"published {hub_repo_id}") == 1
     # every process returns the same editor, with the validation front the main process computed
@@ -191,4 +192,4 @@ def test_resume_without_a_checkpoint_starts_afresh_with_a_note(tiny_adult_zoo_di
     err = capsys.readouterr().err
     assert f"note: --resume: {out} holds no checkpoint" in err and "starting a fresh run" in err
     assert Editor.from_pretrained(out).settings["training"]["steps"] == 2
-    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [0, 1, 2]

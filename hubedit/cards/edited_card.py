@@ -370,7 +370,12 @@ def edited_model_card(config: Mapping[str, Any], report: Mapping[str, Any], *, r
     task_desc = TASK_INFO.get(task_name, {}).get("description", task_name)
     split = report.get("split", "test")
     n_points = report.get("n_points")
-    trade = f"lambda = {fmt(lam)}" if lam is not None else "lambda not recorded"
+    target = record.get("target")
+    if target is not None:
+        what = "fraction of weights kept" if record.get("requirement") == "prune" else "kept input features"
+        trade = f"target = {fmt(target)} ({what}, met exactly)"
+    else:
+        trade = f"lambda = {fmt(lam)}" if lam is not None else "lambda not recorded"
     intro = (
         f"An MLP classifier for **{task_name}** ({task_desc}) edited for **{info['title']}** "
         f"({trade}) by a learned hubedit editor in one forward pass. The edit {info['explain']}.\n\n"
@@ -386,7 +391,8 @@ def edited_model_card(config: Mapping[str, Any], report: Mapping[str, Any], *, r
         edit_rows += [
             [prefix + "requirement", f"{step['requirement']} ({requirement_info(step['requirement'])['title']})"],
             [prefix + "variant", step.get("variant")],
-            [prefix + "lambda", step.get("lam")],
+            [prefix + ("target" if step.get("target") is not None else "lambda"),
+             step.get("target") if step.get("target") is not None else step.get("lam")],
             [prefix + "editor", provenance_text(step.get("editor"))],
         ]
     edit_rows += [

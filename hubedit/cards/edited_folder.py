@@ -206,6 +206,7 @@ def _onnx_metadata(record: Mapping, report: Mapping) -> dict:
         "hubedit_edit_record": json.dumps(_jsonable(record), sort_keys=True),
         "requirement": str(record.get("requirement")),
         "lambda": record.get("lam"),
+        "target": record.get("target"),
         "editor": record.get("editor") or {},
         "original": record.get("original") or {},
         "task": str(report.get("task")),

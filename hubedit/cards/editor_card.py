@@ -70,8 +70,9 @@ def _front_png(points: list[dict], label: str, lam_range) -> bytes | None:
 
 
 def build_editor_card(editor, *, repo_id: str | None = None, license: str | None = "apache-2.0",
-                with_plot: bool = True, **_: Any) -> EditorModelCard:
-    """The card of ``editor`` (an :class:`hubedit.Editor`); ``repo_id`` goes into the usage snippet."""
+                with_plot: bool = True, extra_sections: Mapping[str, str] | None = None, **_: Any) -> EditorModelCard:
+    """The card of ``editor`` (an :class:`hubedit.Editor`); ``repo_id`` goes into the usage snippet;
+    ``extra_sections`` (title -> markdown) are added after the usage, e.g. test results measured elsewhere."""
     s = editor.settings
     requirement, task_name = s["requirement"], s["task"]
     info = requirement_info(requirement)
@@ -187,6 +188,8 @@ edited.push_to_hub("<your repo>", reference=model, editor=editor)   # weights + 
 ```
 
 From a shell: `hubedit edit --editor {where.strip('"')} --model model.safetensors --out edited/ --push <your repo>`.""")
+    for title, body in (extra_sections or {}).items():
+        card.add(title, body)
     card.add("Method", method_section())
     card.add("Framework versions", framework_versions_section())
     card.add("Limitations", limitations_section(requirement, kind="editor"))

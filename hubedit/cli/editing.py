@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--calibration", type=int, default=0, metavar="POINTS",
                    help="the editor also reads per-weight features (|w|, |w * dL/dw| on the model's own labels) "
                         "computed on this many points of the task's editing split, stored with the editor")
+    t.add_argument("--prior-masks", action="store_true",
+                   help="with --calibration: masks come from the calibration prior alone (iterative saliency with "
+                        "--calibration-rounds); the editor learns the edit of the kept weights")
+    t.add_argument("--feature-importance", action="store_true",
+                   help="with --calibration: the keep logit of each input feature starts from its permutation "
+                        "importance on the calibration batch (the model's own outputs); for data minimisation")
     t.add_argument("--calibration-rounds", type=int, default=0, metavar="R",
                    help="target-conditioned pruning with --calibration: the editor also reads the outcome of R "
                         "rounds of iterative saliency pruning (on the model's own labels) towards the target")
@@ -130,7 +136,8 @@ def _train(args: argparse.Namespace) -> int:
         points_per_step=args.points_per_step, hidden=args.hidden, layers=args.layers, lr=args.lr,
         temperature=args.temperature, eval_every=args.eval_every, zoo_fraction=args.zoo_fraction, seed=args.seed,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, edge_hidden=args.edge_hidden, film=args.film,
-        calibration=args.calibration, calibration_rounds=args.calibration_rounds,
+        calibration=args.calibration, calibration_rounds=args.calibration_rounds, prior_masks=args.prior_masks,
+        feature_importance=args.feature_importance,
     )
     from accelerate import PartialState
 

@@ -1,4 +1,4 @@
-"""``hubedit quickstart`` and ``hubedit card``.
+"""``hubedit quickstart``, ``hubedit card`` and ``hubedit publish-editors``.
 
 Nothing here imports ``huggingface_hub`` at import time: ``hubedit quickstart`` must set ``HF_ENDPOINT``
 (the embedded Hub's port) before the client is imported, which :func:`hubedit.quickstart.run` does first.
@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "quickstart",
         help="the whole path offline: embedded Hub, tiny zoo, editor, edit, ONNX, published card (~2-3 min)",
         description="Start a Hub (the embedded loopback server unless --endpoint/--token or HF_TOKEN says otherwise), "
-        "build and publish a tiny zoo, train and publish an editor, load it back, edit a held-out model, export and "
-        "verify ONNX, publish the edited model with its generated card, and print where to look.",
+        "build and publish a tiny zoo, train and publish a small demo editor, publish the reference editor shipped "
+        "with hubedit (prune-edit-adult) and load it back, edit a held-out model with it (the demo editor where the "
+        "installation ships none), export and verify ONNX, publish the edited model with its generated card, and "
+        "print where to look.",
     )
     q.add_argument("--out", default="hubedit-quickstart", help="output folder (default: ./hubedit-quickstart)")
     q.add_argument("--endpoint", default=None, help="a real Hub (e.g. https://huggingface.co); needs a write token")
@@ -45,6 +47,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--license", default=None)
     c.add_argument("--no-baselines", action="store_true", help="with --reference: skip the baselines")
     c.set_defaults(func=_card)
+
+    p = sub.add_parser(
+        "publish-editors",
+        help="publish every editor folder under FOLDER to ORG/<folder name> (one repo, one commit each)",
+        description="Find the editor folders directly under FOLDER (config.json naming a requirement, and "
+        "model.safetensors; other subfolders are skipped and listed), check the org and every repo id and load every "
+        "editor (Editor.from_pretrained validates it) before the first push, then publish each with "
+        "Editor.push_to_hub to ORG/<folder name> (weights, config, generated card and Pareto plot). The token is "
+        "HF_TOKEN's (or the cached login's); the Hub HF_ENDPOINT's.",
+    )
+    p.add_argument("folder", help="folder holding one subfolder per editor (e.g. model_cards)")
+    p.add_argument("--org", required=True, help="user or organisation to publish under")
+    p.add_argument("--private", action="store_true", default=None, help="create the repos private")
+    p.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created where missing)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="publish only these editor folders")
+    p.add_argument("--dry-run", action="store_true", help="check everything and list what would be published")
+    p.set_defaults(func=_publish_editors)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -90,4 +109,24 @@ def _card(args: argparse.Namespace) -> int:
         (folder / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     render_card(folder, repo_id=args.repo_id, revision=args.revision, license=args.license)
     print(f"card written to {folder / 'README.md'}")
+    return 0
+
+
+def _publish_editors(args: argparse.Namespace) -> int:
+    from ..publish_editors import publish_editors
+
+    def published(item) -> None:
+        print(f"published {item.name:<24} {item.repo_id} @ {item.commit}", flush=True)
+
+    report = publish_editors(args.folder, args.org, private=args.private, revision=args.revision, only=args.only,
+                             dry_run=args.dry_run, on_published=published)
+    for skipped in report.skipped:
+        print(f"skipped   {skipped.folder.name:<24} {skipped.reason}")
+    if report.dry_run:
+        for item in report.editors:
+            print(f"would publish {item.name:<20} -> {item.repo_id}"
+                  f"{' (branch ' + args.revision + ')' if args.revision else ''}: {item.describe()}")
+        print(f"dry run: {len(report.editors)} editor(s) checked, nothing published")
+    else:
+        print(f"{len(report.editors)} editor(s) published under {args.org}/")
     return 0

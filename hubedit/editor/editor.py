@@ -577,7 +577,7 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
 _METANET_TYPES: dict[str, tuple[type, ...]] = {
     "hidden": (int,), "layers": (int,), "max_in": (int,), "max_out": (int,), "max_depth": (int,),
     "edge_hidden": (int, type(None)), "activation": (str,), "mask_classes": (int,), "alpha_init": _NUMBER,
-    "node_norm": (bool,), "edge_norm": (bool,), "cond_dim": (int,), "film": (bool,), "calibration": (int,), "calibration_rounds": (int,),
+    "node_norm": (bool,), "edge_norm": (bool,), "cond_dim": (int,), "film": (bool,), "calibration": (int,), "calibration_rounds": (int,), "prior_masks": (bool,), "feature_importance": (bool,),
 }
 
 

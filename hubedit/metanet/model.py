@@ -10,7 +10,12 @@ from torch import nn
 from torch_geometric.data import Data
 
 from ..graph.build import mlps_to_batch
-from ..graph.calibration import calibration_feature_count, calibration_features
+from ..graph.calibration import (
+    calibration_feature_count,
+    calibration_features,
+    input_saliency,
+    permutation_importance,
+)
 from ..graph.encoding import (
     COL_BIAS,
     COL_RUNNING_MEAN,
@@ -101,6 +106,8 @@ class GraphMetanetwork(nn.Module):
         film: bool = False,
         calibration: int = 0,
         calibration_rounds: int = 0,
+        prior_masks: bool = False,
+        feature_importance: bool = False,
     ):
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -132,6 +139,14 @@ class GraphMetanetwork(nn.Module):
             raise ValueError(f"calibration_rounds needs a calibration batch and must be >= 0, got {calibration_rounds}")
         if calibration_rounds:
             self.config["calibration_rounds"] = calibration_rounds
+        if prior_masks and not calibration:
+            raise ValueError("prior_masks needs a calibration batch (the prior is computed from it)")
+        if prior_masks:
+            self.config["prior_masks"] = True
+        if feature_importance and not calibration:
+            raise ValueError("feature_importance needs a calibration batch")
+        if feature_importance:
+            self.config["feature_importance"] = True
         self.max_in, self.max_out, self.max_depth = max_in, max_out, max_depth
         n_types = num_node_types(max_in, max_out, max_depth)
         # INIT (paper eq. 20): an MLP over [features, positional, functional encodings]; the first linear
@@ -150,6 +165,19 @@ class GraphMetanetwork(nn.Module):
         # the calibration inputs are part of the editor's state (saved with the weights): editing needs no data
         self.calibration_inputs: torch.Tensor | None
         self.register_buffer("calibration_inputs", torch.zeros(calibration, max_in) if calibration else None)
+        # the keep logit starts from a saliency prior: the last round's mask and saliency with iterative rounds
+        # (the editor starts as iterative SNIP on the model's own labels), else the one-shot saliency; learned
+        if not calibration:
+            self.calibration_prior = None
+        else:
+            prior = [0.0, 1.0] if not calibration_rounds else [0.0, 0.0, 4.0, 1.0]
+            if prior_masks:  # masks from the fixed prior alone; the editor learns the edit of what is kept
+                self.register_buffer("calibration_prior", torch.tensor(prior))
+            else:
+                self.calibration_prior = nn.Parameter(torch.tensor(prior))
+            # and the keep logit of an input feature from its saliency: the (standardised) log of the summed
+            # exp-standardised saliency of the weights leaving it (data minimisation)
+            self.input_prior = nn.Parameter(torch.tensor(1.0))
         self.edge_src_emb = nn.Embedding(n_types, de)
         self.edge_dst_emb = nn.Embedding(n_types, de)
         self.edge_init = nn.Linear(de, de, bias=False)
@@ -303,8 +331,8 @@ class GraphMetanetwork(nn.Module):
             a, head = self.alpha[i], self.edge_heads[i]
             edge_delta = torch.addmv(edge_delta + a * head.bias, e, a * head.weight[0])
             node_delta = node_delta + a * self.node_heads[i](h)
-        edge_logits = self.edge_classifier(e) if with_logits else None
-        return self._output(data, h, edge_delta, node_delta, scale, edge_logits, with_logits)
+        edge_logits = self._with_prior(self.edge_classifier(e), calib) if with_logits else None
+        return self._output(data, h, edge_delta, node_delta, scale, edge_logits, with_logits, calib)
 
     @torch.no_grad()
     def _forward_fused(self, data: Data, with_logits: bool, cond: torch.Tensor | None = None,
@@ -337,9 +365,19 @@ class GraphMetanetwork(nn.Module):
                 edge_logits = h.new_empty(n_edges, self.config["mask_classes"])
                 for s, t in work.chunks(n_edges):
                     edge_logits[s:t] = self.edge_classifier(e[s:t])
-            return self._output(data, h, edge_delta, node_delta, scale, edge_logits, with_logits)
+                edge_logits = self._with_prior(edge_logits, calib)
+            return self._output(data, h, edge_delta, node_delta, scale, edge_logits, with_logits, calib)
         finally:
             self._workspace = work
+
+    def _with_prior(self, edge_logits: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
+        """Add the calibration prior to the keep logit (the last class)."""
+        if calib is None:
+            return edge_logits
+        bump = calib @ self.calibration_prior.to(calib.dtype)
+        if self.config.get("prior_masks"):
+            return torch.stack([torch.zeros_like(bump), bump], dim=1).to(edge_logits.dtype)
+        return torch.cat([edge_logits[:, :-1], edge_logits[:, -1:] + bump.unsqueeze(1)], dim=1)
 
     def _take_workspace(self, width: int, dtype: torch.dtype, device: torch.device) -> EdgeWorkspace:
         # taken off the module while in use, so that concurrent calls never share buffers
@@ -356,7 +394,7 @@ class GraphMetanetwork(nn.Module):
         deg_out.index_add_(0, src, torch.ones(src.shape[0], dtype=dtype, device=src.device))
         return deg_in, deg_out
 
-    def _output(self, data, h, edge_delta, node_delta, scale, edge_logits, with_logits) -> EditOutput:
+    def _output(self, data, h, edge_delta, node_delta, scale, edge_logits, with_logits, calib=None) -> EditOutput:
         """theta' = theta + Delta in the models' own scale (weights and biases divided by sqrt(fan_in))."""
         dtype = h.dtype
         # theta keeps its own dtype: a fresh editor returns it bit for bit
@@ -369,6 +407,15 @@ class GraphMetanetwork(nn.Module):
         node_values = data.x + full.to(data.x.dtype)
         input_index = (data.node_kind == INPUT).nonzero().squeeze(1)
         input_logits = self.input_classifier(h.index_select(0, input_index)) if with_logits else None
+        if input_logits is not None and calib is not None:
+            if self.config.get("feature_importance"):  # permutation importance on the calibration batch
+                n_graphs = int(getattr(data, "num_graphs", 1) or 1)
+                f_in = input_index.shape[0] // n_graphs
+                prior = permutation_importance(data, self.calibration_inputs[:, :f_in]).reshape(-1)
+            else:
+                prior = input_saliency(data, calib[:, 1], input_index)
+            bump = self.input_prior.to(dtype) * prior.to(dtype)
+            input_logits = torch.cat([input_logits[:, :-1], input_logits[:, -1:] + bump.unsqueeze(1)], dim=1)
         return EditOutput(edge_values, node_values, edge_logits, input_logits, input_index)
 
     # --- convenience ---------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class EditorTrainingConfig:
     film: bool = False  # the condition also scales and shifts every layer's node representations
     calibration: int = 0  # points of the editing split whose per-weight features the editor reads (0: none)
     calibration_rounds: int = 0  # target-conditioned pruning: rounds of iterative saliency pruning as features
+    prior_masks: bool = False  # masks from the calibration prior alone (not learned); the editor learns the edit
+    feature_importance: bool = False  # data minimisation: permutation importance on the calibration batch as prior
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
     hidden: int = 64
@@ -316,7 +318,9 @@ def train_editor(
         metanet={"hidden": cfg.hidden, "layers": cfg.layers, "edge_hidden": cfg.edge_hidden,
                  **({"film": True} if cfg.film else {}),
                  **({"calibration": cfg.calibration} if cfg.calibration else {}),
-                 **({"calibration_rounds": cfg.calibration_rounds} if cfg.calibration_rounds else {})},
+                 **({"calibration_rounds": cfg.calibration_rounds} if cfg.calibration_rounds else {}),
+                 **({"prior_masks": True} if cfg.prior_masks else {}),
+                 **({"feature_importance": True} if cfg.feature_importance else {})},
         temperature=cfg.temperature,
         zoo=dict(zoo.source) or {"task": zoo.task_name}, training={},
     )
@@ -392,6 +396,12 @@ def train_editor(
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not progress or not accelerator.is_local_main_process,
                desc=f"train {requirement} editor", unit="step")
     t0 = time.perf_counter()
+    if start_step == 0:  # the initial state is a candidate too (an editor may start from a strong prior)
+        objective, front = validate()
+        best = {"objective": objective, "step": 0, "front": front}
+        if out is not None and accelerator.is_main_process:  # step 0 of the log: the untrained editor
+            with open(Path(out) / LOG_NAME, "a") as fh:
+                fh.write(json.dumps({"step": 0, "val_objective": objective, "val_front": front}) + "\n")
     model.train()
     for step in range(start_step, cfg.steps):
         idx = sample_models(len(train_graphs), cfg.models_per_step, cfg.seed, step, rank, world)
