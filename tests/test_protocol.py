@@ -660,3 +660,18 @@ def test_protocol_records_the_label_jsd_floor_of_the_test_models(zoo):
     old.info["test_model_ids"] = ["no-such-model"]
     with pytest.raises(ValueError, match="no-such-model"):
         old.label_jsd_floor("test", zoo)
+
+
+def test_target_conditioned_editors_are_evaluated_at_the_baselines_levels(zoo):
+    """A target-conditioned editor gets one run per baseline level inside its range, and each run meets its
+    level exactly on every model (the protocol reads the metric off the edited weights)."""
+    editor = Editor(requirement="prune", variant="prune-edit", task="adult", target_range=[0.05, 0.6], metanet=NET).eval()
+    res = run_protocol(zoo, "prune", [editor], baselines=["Magnitude"], max_models=3, prune_keeps=(0.9, 0.5, 0.1),
+                       timing_models=1, progress=False)
+    method = res.methods["GMN - Prune & Edit (target-cond.)"]
+    assert method.strengths == ["target=0.1", "target=0.5"]  # 0.9 lies outside the editor's range
+    np.testing.assert_allclose(method.test[:, 0], [0.1, 0.5], atol=0.01)
+    np.testing.assert_allclose(method.test[:, 0], res.methods["Magnitude"].test[1:, 0][::-1], atol=1e-12)
+    assert res.to_dict()["info"]["editors"]["GMN - Prune & Edit (target-cond.)"][0]["target"] == 0.1
+    back = ProtocolResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.methods["GMN - Prune & Edit (target-cond.)"].strengths == ["target=0.1", "target=0.5"]

@@ -152,7 +152,8 @@ def matched_comparison(
                 b_acc.append(ba)
             b_jsd_a = np.asarray(b_jsd)
             rows.append({
-                "method": method, "lambda": run.effective_lam, "level": float(np.mean(levels)),
+                "method": method, "lambda": None if run.target is not None else run.effective_lam,
+                "target": run.target, "level": float(np.mean(levels)),
                 "editor_jsd": float(e_jsd.mean()), "baseline_jsd": float(b_jsd_a.mean()),
                 "jsd_ratio": float(b_jsd_a.mean() / e_jsd.mean()) if e_jsd.mean() > 0 else float("nan"),
                 "editor_better_share": float((e_jsd < b_jsd_a).mean()),

@@ -981,40 +981,71 @@ def _json_default(o):
 # ==================================================================================================
 @dataclass
 class EditorRun:
-    """One point of an editor method: an editor and the lambda to edit with (None for per-lambda editors)."""
+    """One point of an editor method: an editor and the lambda to edit with (None for per-lambda editors), or the
+    target of a target-conditioned editor."""
 
     method: str
     editor: Any
     lam: float | None
+    target: float | None = None
 
     @property
     def effective_lam(self) -> float:
-        return float(self.lam if self.lam is not None else self.editor.lam)
+        """The lambda of this point (NaN for a target-conditioned editor, which has none)."""
+        if self.target is not None:
+            return math.nan
+        lam = self.lam if self.lam is not None else self.editor.lam
+        return math.nan if lam is None else float(lam)
+
+    @property
+    def order(self) -> float:
+        return self.target if self.target is not None else self.effective_lam
 
     @property
     def label(self) -> str:
-        return f"lam={self.effective_lam:.4g}"
+        return f"target={self.target:.4g}" if self.target is not None else f"lam={self.effective_lam:.4g}"
 
     def edit_many(self, models, batch_size: int = 64):
-        return self.editor.edit_many(models, lam=self.lam, batch_size=batch_size)
+        return self.editor.edit_many(models, lam=self.lam, target=self.target, batch_size=batch_size)
 
     def edit(self, model):
-        return self.editor.edit(model, lam=self.lam)
+        return self.editor.edit(model, lam=self.lam, target=self.target)
 
 
 def editor_label(editor) -> str:
     s = editor.settings
     base = EDITOR_LABELS.get((s["requirement"], s["variant"]), f"GMN ({s['variant']})")
-    return base + (" (λ-cond.)" if s.get("lam_range") is not None else "")
+    return base + (" (λ-cond.)" if s.get("lam_range") is not None else
+                   " (target-cond.)" if s.get("target_range") is not None else "")
 
 
-def editor_runs(editors, lambda_grid: Sequence[float] | None = None) -> dict[str, list[EditorRun]]:
+def _target_grid(editors, requirement: str | None, cfg: ProtocolConfig) -> tuple[float, ...] | None:
+    """Targets of target-conditioned editors: the levels the baselines run at (the protocol's keep fractions, or
+    FS's feature counts), so that each editor point sits exactly on a baseline's level."""
+    eds = list(editors.values()) if isinstance(editors, Mapping) else list(editors or [])
+    eds = [e for v in eds for e in (v if isinstance(v, (list, tuple)) else [v])]
+    targeted = [e for e in eds if getattr(e, "target_range", None) is not None]
+    if not targeted:
+        return None
+    req = requirement or targeted[0].settings["requirement"]
+    if req == "prune":
+        return tuple(sorted(float(k) for k in cfg.prune_keeps))
+    if cfg.dm_n_keep is not None:
+        return tuple(float(k) for k in cfg.dm_n_keep)
+    n_features = targeted[0].feature_schema["n_features"]
+    return tuple(float(k) for k in range(1, n_features))
+
+
+def editor_runs(editors, lambda_grid: Sequence[float] | None = None,
+                target_grid: Sequence[float] | None = None) -> dict[str, list[EditorRun]]:
     """Group editors into methods: ``{method name: [EditorRun, ...]}`` ordered by lambda.
 
     ``editors``: a sequence of editors (per-lambda editors of one variant form one method named after the
     variant, e.g. "GMN - Prune & Edit"; a lambda-conditioned editor is a method of its own with one run per
-    lambda of ``lambda_grid`` -- default :func:`default_lambda_grid` of its range -- clipped to its range), or a
-    mapping ``{method name: editors}`` to name the methods yourself (e.g. one method per zoo fraction).
+    lambda of ``lambda_grid`` -- default :func:`default_lambda_grid` of its range -- clipped to its range; a
+    target-conditioned editor likewise with one run per target of ``target_grid`` -- default its requirement's
+    grid over its range -- clipped to its range), or a mapping ``{method name: editors}`` to name the methods
+    yourself (e.g. one method per zoo fraction).
     """
     if editors is None:
         return {}
@@ -1029,7 +1060,14 @@ def editor_runs(editors, lambda_grid: Sequence[float] | None = None) -> dict[str
     for name, eds in groups.items():
         runs: list[EditorRun] = []
         for ed in eds:
-            if ed.lam_range is None:
+            if getattr(ed, "target_range", None) is not None:
+                lo, hi = ed.target_range
+                grid = target_grid if target_grid else ed.requirement.target_grid(ed.target_range, 7)
+                inside = [float(t) for t in grid if lo <= float(t) <= hi]
+                if not inside:
+                    raise ValueError(f"no target of the grid {list(grid)} lies in {editor_label(ed)}'s range [{lo}, {hi}]")
+                runs.extend(EditorRun(name, ed, None, t) for t in inside)
+            elif ed.lam_range is None:
                 runs.append(EditorRun(name, ed, None))
             else:
                 lo, hi = ed.lam_range
@@ -1038,7 +1076,7 @@ def editor_runs(editors, lambda_grid: Sequence[float] | None = None) -> dict[str
                 if not inside:
                     raise ValueError(f"no lambda of the grid {list(grid)} lies in {editor_label(ed)}'s range [{lo}, {hi}]")
                 runs.extend(EditorRun(name, ed, lam) for lam in inside)
-        runs.sort(key=lambda r: r.effective_lam)
+        runs.sort(key=lambda r: r.order)
         out[name] = runs
     return out
 
@@ -1399,7 +1437,7 @@ def _work_to_plain(work: _Work) -> dict[str, Any]:
             if id(r.editor) not in index:
                 index[id(r.editor)] = len(editors)
                 editors.append(_editor_to_plain(r.editor))
-            runs[name].append({"editor": index[id(r.editor)], "lam": r.lam})
+            runs[name].append({"editor": index[id(r.editor)], "lam": r.lam, "target": r.target})
     return {
         "requirement": work.requirement, "task": work.task_name, "config": work.cfg.to_dict(),
         "baselines": list(work.baselines), "editors": editors, "runs": runs,
@@ -1415,7 +1453,8 @@ def _work_from_plain(d: Mapping[str, Any]) -> _Work:
     task = load_task(d["task"])
     cfg = ProtocolConfig.from_dict(d["config"])
     editors = [_editor_from_plain(e) for e in d["editors"]]
-    runs = {name: [EditorRun(name, editors[r["editor"]], r["lam"]) for r in rs] for name, rs in d["runs"].items()}
+    runs = {name: [EditorRun(name, editors[r["editor"]], r["lam"], r.get("target")) for r in rs]
+            for name, rs in d["runs"].items()}
     baselines = {b.name: b for b in _baselines(d["requirement"], d["baselines"], task, cfg)}
     splits, data_splits = {}, {}
     for sname, s in d["splits"].items():
@@ -1510,7 +1549,7 @@ def run_protocol(
         cfg = ProtocolConfig.from_dict({**cfg.to_dict(), **options})
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise ValueError(f"workers must be a whole number of processes >= 1, got {cfg.workers!r}")
-    runs = editor_runs(editors, cfg.lambda_grid)
+    runs = editor_runs(editors, cfg.lambda_grid, _target_grid(editors, requirement, cfg))
     reqs = {r.editor.settings["requirement"] for rs in runs.values() for r in rs}
     if requirement is None:
         if len(reqs) != 1:
@@ -1607,7 +1646,8 @@ def run_protocol(
             "majority_accuracy": {"validation": majority_accuracy(splits["validation"].y.numpy()),
                                   "test": majority_accuracy(splits["test"].y.numpy())},
             "config": cfg.to_dict(),
-            "editors": {name: [{"lam": r.effective_lam, "source": dict(r.editor.source) or None,
+            "editors": {name: [{"lam": None if r.target is not None else r.effective_lam, "target": r.target,
+                                "source": dict(r.editor.source) or None,
                                 "variant": r.editor.settings["variant"],
                                 "lam_range": r.editor.settings.get("lam_range")} for r in rs] for name, rs in runs.items()},
             "processes": processes,
