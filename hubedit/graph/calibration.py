@@ -17,18 +17,11 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from .functional import functional_forward
+from .groups import edge_graph_index, top_k_per_group
 
 def calibration_feature_count(rounds: int = 0) -> int:
     """Feature columns :func:`calibration_features` returns per edge (2, or 4 with iterative rounds)."""
     return 4 if rounds else 2
-
-
-def edge_graph_index(data: Data) -> torch.Tensor:
-    """Graph id of every edge (zeros for a single graph)."""
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        return torch.zeros(data.edge_index.shape[1], dtype=torch.long, device=data.edge_index.device)
-    return batch.index_select(0, data.edge_index[0])
 
 
 def standardise_per_graph(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -78,22 +71,10 @@ def calibration_features(data: Data, inputs: torch.Tensor, *, keep: torch.Tensor
         for r in range(1, rounds + 1):
             k = torch.round(keep.double().to(sizes.device) ** (r / rounds) * sizes).long().clamp(min=1)
             ranked = torch.where(mask > 0, score, torch.full_like(score, -1.0))  # pruned weights stay pruned
-            mask = _top_k_per_group(ranked, group, k)
+            mask = top_k_per_group(ranked, group, k)
             score, _ = _saliency(data, inputs, weights, labels, mask)
         columns += [mask, standardise_per_graph(torch.log(score * mask + 1e-12), group, n_groups)]
     return torch.stack(columns, dim=1)
-
-
-def _top_k_per_group(score: torch.Tensor, group: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """0/1 mask of the ``k[g]`` highest scores of each group (ties broken by position)."""
-    n_groups = k.shape[0]
-    sizes = torch.bincount(group, minlength=n_groups)
-    starts = torch.cumsum(sizes, 0) - sizes
-    by_score = torch.argsort(score, descending=True, stable=True)
-    order = by_score.index_select(0, torch.argsort(group.index_select(0, by_score), stable=True))
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=order.device)
-    return ((rank - starts.index_select(0, group)) < k.index_select(0, group)).to(score.dtype)
 
 
 def input_saliency(data: Data, edge_saliency: torch.Tensor, input_index: torch.Tensor) -> torch.Tensor:

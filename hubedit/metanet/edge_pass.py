@@ -71,7 +71,13 @@ class EdgePass(torch.autograd.Function):
         g_wf, g_we, g_wb, g_wo = (torch.zeros_like(w) for w in (w_f, w_e, w_b, w_o))
         if g_new is None:
             g_new = torch.zeros_like(e)
-        w_ft, w_et, w_bt, w_ot = w_f.t(), w_e.t(), w_b.t(), w_o.t()
+        w_et, w_ot = w_e.t(), w_o.t()
+        # the two messages: forward z_f = act(p_f[src] + e w_f) summed at dst, backward z_b = act(p_b[dst] + e w_b)
+        # summed at src; (node terms, weight, their gradients, output gradient, gathered at, summed at)
+        messages = [(p, w, g_p, g_w, g_out, gather_src)
+                    for p, w, g_p, g_w, g_out, gather_src in ((p_f, w_f, g_pf, g_wf, g_fwd, True),
+                                                              (p_b, w_b, g_pb, g_wb, g_bwd, False))
+                    if g_out is not None]
         for s, t in _chunks(e.shape[0], k):
             ec, sc, dc, gc, gi = e[s:t], src[s:t], dst[s:t], g_new[s:t], g_e[s:t]
             # edge update: e_new = e + act(p_s[src] + p_d[dst] + e w_e) w_o
@@ -82,18 +88,13 @@ class EdgePass(torch.autograd.Function):
             g_we.addmm_(ec.t(), dze)
             g_ps.index_add_(0, sc, dze)
             g_pd.index_add_(0, dc, dze)
-            if g_fwd is not None:  # forward messages: z_f = act(p_f[src] + e w_f), summed at dst
-                zf = _act_(act, p_f.index_select(0, sc).addmm_(ec, w_f))
-                dzf = _act_grad(act, g_fwd.index_select(0, dc), zf)
-                gi.addmm_(dzf, w_ft)
-                g_wf.addmm_(ec.t(), dzf)
-                g_pf.index_add_(0, sc, dzf)
-            if g_bwd is not None:  # backward messages: z_b = act(p_b[dst] + e w_b), summed at src
-                zb = _act_(act, p_b.index_select(0, dc).addmm_(ec, w_b))
-                dzb = _act_grad(act, g_bwd.index_select(0, sc), zb)
-                gi.addmm_(dzb, w_bt)
-                g_wb.addmm_(ec.t(), dzb)
-                g_pb.index_add_(0, dc, dzb)
+            for p, w, g_p, g_w, g_out, gather_src in messages:
+                at, summed_at = (sc, dc) if gather_src else (dc, sc)
+                z = _act_(act, p.index_select(0, at).addmm_(ec, w))
+                dz = _act_grad(act, g_out.index_select(0, summed_at), z)
+                gi.addmm_(dz, w.t())
+                g_w.addmm_(ec.t(), dz)
+                g_p.index_add_(0, at, dz)
         return g_e, g_pf, g_ps, g_pd, g_pb, g_wf, g_we, g_wb, g_wo, None, None, None
 
 

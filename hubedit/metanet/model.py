@@ -59,6 +59,11 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, activation: str) -> nn.Sequential
     return nn.Sequential(nn.Linear(d_in, d_hidden), make_activation(activation), nn.Linear(d_hidden, d_out))
 
 
+def _raise_keep_logit(logits: torch.Tensor, bump: torch.Tensor) -> torch.Tensor:
+    """``logits`` (``n x classes``) with ``bump`` (``n``) added to the keep logit (the last class)."""
+    return torch.cat([logits[:, :-1], logits[:, -1:] + bump.unsqueeze(1)], dim=1)
+
+
 def _symlog(t: torch.Tensor) -> torch.Tensor:
     return torch.sign(t) * torch.log1p(t.abs())
 
@@ -377,7 +382,7 @@ class GraphMetanetwork(nn.Module):
         bump = calib @ self.calibration_prior.to(calib.dtype)
         if self.config.get("prior_masks"):
             return torch.stack([torch.zeros_like(bump), bump], dim=1).to(edge_logits.dtype)
-        return torch.cat([edge_logits[:, :-1], edge_logits[:, -1:] + bump.unsqueeze(1)], dim=1)
+        return _raise_keep_logit(edge_logits, bump)
 
     def _take_workspace(self, width: int, dtype: torch.dtype, device: torch.device) -> EdgeWorkspace:
         # taken off the module while in use, so that concurrent calls never share buffers
@@ -414,8 +419,7 @@ class GraphMetanetwork(nn.Module):
                 prior = permutation_importance(data, self.calibration_inputs[:, :f_in]).reshape(-1)
             else:
                 prior = input_saliency(data, calib[:, 1], input_index)
-            bump = self.input_prior.to(dtype) * prior.to(dtype)
-            input_logits = torch.cat([input_logits[:, :-1], input_logits[:, -1:] + bump.unsqueeze(1)], dim=1)
+            input_logits = _raise_keep_logit(input_logits, self.input_prior.to(dtype) * prior.to(dtype))
         return EditOutput(edge_values, node_values, edge_logits, input_logits, input_index)
 
     # --- convenience ---------------------------------------------------------------------------------

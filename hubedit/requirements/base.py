@@ -17,6 +17,7 @@ from torch_geometric.data import Data
 
 from ..errors import ConfigError
 from ..graph.encoding import INPUT
+from ..graph.groups import rank_within_groups
 from ..metanet.model import EditOutput
 
 
@@ -75,15 +76,7 @@ def topk_mask(
     the first dropped score of the group. ``group`` (per element) must be sorted (elements of one graph are
     contiguous, as in a torch_geometric batch); ``k`` is per group, clamped to ``[0, group size]``."""
     score = logits[..., 1] - logits[..., 0]
-    n_groups = k.shape[0]
-    sizes = torch.bincount(group, minlength=n_groups)
-    starts = torch.cumsum(sizes, 0) - sizes
-    # rank within the group: sort by score (descending), then stably by group
-    by_score = torch.argsort(score.detach(), descending=True, stable=True)
-    order = by_score.index_select(0, torch.argsort(group.index_select(0, by_score), stable=True))
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=order.device)
-    rank = rank - starts.index_select(0, group)
+    rank, order, starts, sizes = rank_within_groups(score.detach(), group, k.shape[0])
     k = torch.minimum(k.to(sizes.dtype).clamp(min=0), sizes)
     keep = rank < k.index_select(0, group)
     hard_mask = keep.to(score.dtype)

@@ -7,7 +7,8 @@ import torch
 import math
 
 from ..errors import ConfigError
-from .base import Edit, Outcome, Requirement, graph_index, num_graphs, register, straight_through, topk_mask
+from ..graph.groups import edge_graph_index
+from .base import Edit, Outcome, Requirement, num_graphs, register, straight_through, topk_mask
 
 
 def per_model_mean(values: torch.Tensor, edge_graph: torch.Tensor, m: int) -> torch.Tensor:
@@ -62,7 +63,7 @@ class Pruning(Requirement):
         return tuple(float(f"{math.exp(lo + (hi - lo) * i / max(1, n - 1)):.4g}") for i in range(n))
 
     def _edge_graph(self, data) -> torch.Tensor:
-        return graph_index(data).index_select(0, data.edge_index[0])
+        return edge_graph_index(data)
 
     def penalty(self, outcome: Outcome) -> torch.Tensor:
         d = outcome.data
