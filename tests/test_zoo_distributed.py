@@ -208,9 +208,10 @@ WORKER_STARTUP_CPU_S = 8.0
 
 def test_workers_die_with_their_parent(tmp_path):
     """SIGKILL of `hubedit zoo build` used to leave its worker processes training on, forever. With --workers 3
-    the command trains as rank 0 and starts two worker ranks."""
+    the command trains as rank 0 and starts two worker ranks. The epochs are many so that no fast machine finishes
+    the build before both workers have started training (400 epochs took 18 s on an AVX-512 Xeon)."""
     psutil = pytest.importorskip("psutil")
-    cmd = [str(BIN / "hubedit"), "zoo", "build", "--task", "bank", "--epochs", "400", "--out", str(tmp_path),
+    cmd = [str(BIN / "hubedit"), "zoo", "build", "--task", "bank", "--epochs", "100000", "--out", str(tmp_path),
            "--workers", "3", "--no-progress"]
     proc = subprocess.Popen(cmd, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers = []
@@ -223,7 +224,9 @@ def test_workers_die_with_their_parent(tmp_path):
                 break
             time.sleep(0.5)
         else:
-            pytest.fail(f"no training workers appeared: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}")
+            code = proc.poll()
+            pytest.fail(f"no training workers appeared (build exit code {code}): "
+                        + (proc.stderr.read().decode()[-2000:] if code is not None else ""))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         alive = workers
