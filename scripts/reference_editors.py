@@ -50,6 +50,19 @@ def test_section(results: dict) -> str:
     return "\n".join(lines)
 
 
+def refit_section(selection: dict) -> str:
+    """Markdown of a select_refit.py file: mean validation JSD per ridge and target, the chosen ridge."""
+    table = selection["per_target"]
+    targets = list(next(iter(table.values())))
+    lines = [f"Chosen by `{selection['command']}`: ridge **{selection['chosen']:g}**, the lowest mean JSD on "
+             f"{selection['n_models']} of the zoo's validation models (task's validation split); 'none' is this "
+             "editor without the refit.", "", "| ridge | " + " | ".join(targets) + " | mean |", "|" + "---|" * (len(targets) + 2)]
+    for ridge, row in table.items():
+        lines.append(f"| {ridge} | " + " | ".join(f"{row[t]:.5f}" for t in targets)
+                     + f" | {selection['mean_validation_jsd'][ridge]:.5f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--editor", required=True)
@@ -57,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--zoo-path", required=True, help="the zoo's folder, relative to the repository")
     ap.add_argument("--zoo-command", required=True, help="the command that builds that zoo")
     ap.add_argument("--results", default=None, help="scripts/target_editors.py results.json of this editor")
+    ap.add_argument("--refit-selection", default=None,
+                    help="scripts/select_refit.py output: the editor refits every edit with the ridge chosen there")
     ap.add_argument("--note", default=None, help="a paragraph for the card: what the editor is fit for, what not")
     ap.add_argument("--out", default=str(HERE.parent / "model_cards"))
     ap.add_argument("--package", action="store_true", help="also copy weights and config to hubedit/reference/NAME")
@@ -64,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     editor = Editor.from_pretrained(args.editor)
+    selection = json.loads(Path(args.refit_selection).read_text()) if args.refit_selection else None
+    if selection is not None:
+        editor = editor.with_refit(selection["chosen"])
     editor.settings["zoo"] = {"path": args.zoo_path, "built_by": args.zoo_command}
     folder = Path(args.out) / args.name
     if folder.exists() and not args.replace:
@@ -71,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     sections = {}
     if args.note:
         sections["Fit for"] = args.note
+    if selection is not None:
+        sections["Refit ridge (chosen on validation)"] = refit_section(selection)
     if args.results:
         sections["Test results"] = test_section(json.loads(Path(args.results).read_text()))
     if folder.exists():

@@ -41,6 +41,7 @@ from hubedit.evaluation.protocol import ProtocolConfig, _subset, kept_features, 
 from hubedit.metrics.pareto import to_markdown  # noqa: E402
 from hubedit.metrics.scores import jsd  # noqa: E402
 from hubedit.mlp import MLP  # noqa: E402
+from hubedit.mlp.refit import refit  # noqa: E402
 from hubedit.tasks import load_task  # noqa: E402
 from hubedit.zoo import Zoo  # noqa: E402
 from hubedit.zoo.outside import load_outside_population  # noqa: E402
@@ -50,6 +51,10 @@ from hubedit.zoo.outside import load_outside_population  # noqa: E402
 # whole editing split) -- so that such an editor is also compared with what it was given
 PRUNE_BASELINES = ("Magnitude", "SNIP", "Lottery Ticket", "SNIP (own labels)")
 DM_BASELINES = ("FS", "FS & Retrain")
+# With an editor that refits (``refit`` in its config), the same closed-form refit (its ridge, its calibration
+# batch) after a per-model rule, without any metanetwork: what the metanetwork adds on top of the refit.
+PRUNE_REFIT_BASELINES = ("Magnitude + refit", "SNIP (own labels) + refit")
+DM_REFIT_BASELINES = ("FS + refit",)
 
 
 def load_population(folder: Path) -> list[tuple[str, MLP]]:
@@ -57,8 +62,12 @@ def load_population(folder: Path) -> list[tuple[str, MLP]]:
     return [(f"outside-{record['id']}", model) for model, record in load_outside_population(folder)]
 
 
-def run_baseline(name: str, model: MLP, level: float, task, cfg: ProtocolConfig, importance) -> MLP:
+def run_baseline(name: str, model: MLP, level: float, task, cfg: ProtocolConfig, importance,
+                 refit_with: tuple[torch.Tensor, float] | None = None) -> MLP:
     Xe, ye, _ = task.split("editing")
+    if name.endswith(" + refit"):
+        calib, ridge = refit_with
+        return refit(model, run_baseline(name[: -len(" + refit")], model, level, task, cfg, importance), calib, ridge=ridge)
     if name == "Magnitude":
         return baselines.magnitude_prune(model, level)
     if name == "SNIP":
@@ -94,6 +103,11 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
                         log) -> list[dict]:
     requirement = editor.settings["requirement"]
     names = PRUNE_BASELINES if requirement == "prune" else DM_BASELINES
+    refit_with = None
+    if editor.settings.get("refit") is not None:
+        names = names + (PRUNE_REFIT_BASELINES if requirement == "prune" else DM_REFIT_BASELINES)
+        n_in = task.split("editing")[0].shape[1]
+        refit_with = (editor.metanet.calibration_inputs[:, :n_in].float(), editor.settings["refit"])
     X, y, _ = task.split("test")
     Xe, ye, _ = task.split("editing")
     rows = []
@@ -112,17 +126,18 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
             importance = None
             for b in names:
-                if b not in cached:
+                key = f"{b} (ridge {refit_with[1]:g})" if b.endswith(" + refit") else b  # cached per ridge
+                if key not in cached:
                     if requirement == "minimise" and importance is None:
                         importance = baselines.permutation_importance(model, Xe, ye, n_repeats=cfg.pfi_repeats,
                                                                       seed=cfg.seed)
                     t1 = time.perf_counter()
-                    base = run_baseline(b, model, target, task, cfg, importance)
+                    base = run_baseline(b, model, target, task, cfg, importance, refit_with)
                     bj, ba = scores(model, base, X, y)
-                    cached[b] = {"jsd": bj, "accuracy": ba, "level": level_of(requirement, model, base),
-                                 "seconds": time.perf_counter() - t1}
+                    cached[key] = {"jsd": bj, "accuracy": ba, "level": level_of(requirement, model, base),
+                                   "seconds": time.perf_counter() - t1}
                     cache.write_text(json.dumps(cached))
-                rec[b] = cached[b]
+                rec[b] = cached[key]
             per_model.append(rec)
         row = {"population": label, "target": target, "n_models": len(per_model), "editor_seconds_per_model": editor_seconds,
                "editor_jsd": float(np.mean([r["editor_jsd"] for r in per_model])),
@@ -147,7 +162,8 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
 
 def markdown(results: dict) -> str:
     requirement = results["requirement"]
-    names = PRUNE_BASELINES if requirement == "prune" else DM_BASELINES
+    first = results["populations"][0]["rows"][0]
+    names = [b for b in PRUNE_BASELINES + PRUNE_REFIT_BASELINES + DM_BASELINES + DM_REFIT_BASELINES if b in first]
     level = "fraction of weights kept" if requirement == "prune" else "kept features"
     lines = [f"# {results['editor_name']}: target-conditioned editor vs per-model baselines ({results['task']})", "",
              f"Command: `{results['command']}`", "",

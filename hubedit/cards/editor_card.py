@@ -117,6 +117,9 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
          else preference if preference is not None else lam if lam is not None else f"range {lam_range}"],
         ["requirement metric", info["metric_label"]],
         ["mask temperature", s.get("temperature")],
+        ["refit after the edit", "none" if s.get("refit") is None else
+         f"layer-wise ridge refit to the original on its {(s.get('metanet') or {}).get('calibration')} calibration "
+         f"points, ridge {fmt(s['refit'])} (closed form; pruned weights and dropped features stay zero)"],
         ["trained on zoo", provenance_text(zoo, repo_type="dataset", link=True)],
         ["hubedit version", s.get("hubedit_version")],
     ]))
@@ -150,7 +153,9 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
         card.add("Validation Pareto points", (
             "Hard edits of the zoo's **validation** models, scored on the task's *evaluation* split (points the editor "
             f"never trained on): mean {info['metric_label']} (x) and mean JSD to the original models (y), both lower "
-            f"is better. The editor was selected on these.\n\n{image}{table}"
+            f"is better. The editor was selected on these"
+            + (" (recorded in training, before the refit this editor applies after every edit)" if s.get("refit") is not None else "")
+            + f".\n\n{image}{table}"
         ))
     else:
         card.add("Validation Pareto points", "None recorded (the editor was not trained with hubedit's training loop).")

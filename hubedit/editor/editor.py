@@ -27,6 +27,7 @@ from ..graph import batch_to_mlps, mlps_to_batch
 from ..metanet.model import GraphMetanetwork
 from ..mlp import MLP
 from ..mlp.module import check_header_tensors, read_safetensors_header
+from ..mlp.refit import refit as refit_mlp
 from ..requirements import get_requirement
 from .editing import folded_values, run_edit
 from .edited import EditedMLP
@@ -67,6 +68,10 @@ class Editor(
         zoo: the zoo it was trained on (``{"repo_id", "revision"}`` or ``{"path"}``).
         validation_front: validation Pareto points ``[{"lam", "metric", "jsd"}, ...]``.
         training: training hyper-parameters and figures (for provenance).
+        refit: ridge of a layer-wise refit after each edit (:func:`hubedit.mlp.refit.refit`): the kept weights
+            are re-solved in closed form to reproduce the original model's pre-activations on the editor's
+            calibration batch. Needs ``metanet["calibration"]``; pruning and data minimisation only (a refit
+            to the original would undo a fairness edit). Not bound to the weights: an edit-time setting.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Editor(
         hubedit_version: str = __version__,
         target_range: list[float] | None = None,
         preference: list[float] | None = None,
+        refit: float | None = None,
     ):
         super().__init__()
         if sum(v is not None for v in (lam, lam_range, target_range, preference)) != 1:
@@ -129,6 +135,15 @@ class Editor(
             raise ConfigError("calibration_rounds (iterative saliency towards the kept fraction) is for target-"
                               f"conditioned pruning editors; got requirement {requirement!r}, target_range {target_range!r}")
         net_kwargs["cond_dim"] = 1 if lam_range is not None or target_range is not None else 0
+        if refit is not None:
+            if isinstance(refit, bool) or not (isinstance(refit, (int, float)) and math.isfinite(refit) and refit > 0):
+                raise ConfigError(f"refit must be a finite ridge > 0 (e.g. 0.03), got {refit!r}")
+            if requirement not in ("prune", "minimise"):
+                raise ConfigError(f"refit is for pruning and data minimisation editors; a refit to the original "
+                                  f"would undo a {requirement!r} edit")
+            if not net_kwargs.get("calibration"):
+                raise ConfigError("refit needs the editor's calibration batch: set metanet calibration (points)")
+            refit = float(refit)
         self.metanet = GraphMetanetwork(**net_kwargs)
         if self.metanet.calibration_inputs is not None:  # a fixed, seeded draw from the task's editing split
             x_edit = load_task(task).split("editing")[0]
@@ -145,6 +160,7 @@ class Editor(
             "lam_range": lam_range,
             "target_range": target_range,
             "preference": preference,
+            "refit": refit,
             "feature_schema": schema,
             "metanet": dict(self.metanet.config),
             "temperature": float(temperature),
@@ -252,6 +268,17 @@ class Editor(
         dict so that DistributedDataParallel can find the output tensors."""
         return vars(self.metanet(data, cond=cond, with_logits=with_logits, keep=keep))
 
+    def with_refit(self, ridge: float | None) -> "Editor":
+        """A copy of this editor (same weights) that refits every edit with ``ridge`` (see ``refit`` in the
+        class docstring; ``None``: no refit). The refit is an edit-time setting, so a trained editor can take one;
+        ``scripts/select_refit.py`` picks the ridge on validation models."""
+        settings = {k: v for k, v in self.settings.items()}
+        settings["refit"] = ridge
+        other = type(self)(**settings)
+        other.load_state_dict(self.state_dict())
+        other.source = dict(self.source)
+        return other.to(next(self.parameters()).device).train(self.training)
+
     # --- editing ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def edit(self, model: MLP, *, lam: float | None = None, target: float | None = None) -> EditedMLP:
@@ -290,6 +317,12 @@ class Editor(
                            target=None if target_t is None else target_t.to(device), target_range=self.target_range)
         ev, nv = folded_values(batch, edit)
         written = batch_to_mlps(batch, ev, nv)
+        if self.settings["refit"] is not None:
+            calib = self.metanet.calibration_inputs
+            written = [refit_mlp(orig, new.to(orig.layers[0].weight.device),
+                                 calib[:, : orig.config.in_features].to(orig.layers[0].weight.device),
+                                 ridge=self.settings["refit"])
+                       for orig, new in zip(models, written)]
         seconds = (time.perf_counter() - start) / m
         results = []
         for k, (orig, new) in enumerate(zip(models, written)):
@@ -566,6 +599,7 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "lam_range": (list, type(None)),
     "target_range": (list, type(None)),
     "preference": (list, type(None)),
+    "refit": (*_NUMBER, type(None)),
     "feature_schema": (dict, type(None)),
     "metanet": (dict, type(None)),
     "temperature": _NUMBER,

@@ -1,0 +1,131 @@
+"""Layer-wise refit (hubedit.mlp.refit) and the editor's ``refit`` setting."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hubedit import MLP, MLPConfig, baselines
+from hubedit.editor import Editor
+from hubedit.errors import ConfigError
+from hubedit.mlp.refit import refit, solve_masked_ridge
+
+ARCHS = [
+    dict(hidden=(16,), activation="relu", norm="none"),
+    dict(hidden=(16, 12), activation="tanh", norm="layernorm", skips=((0, 2),)),
+    dict(hidden=(8, 16, 8), activation="gelu", norm="batchnorm"),
+    dict(hidden=(12, 12, 10), activation="leaky_relu", norm="none", skips=((1, 3),)),
+]
+
+
+def model(arch: dict, seed: int, in_features: int = 14) -> MLP:
+    torch.manual_seed(seed)
+    m = MLP(MLPConfig(in_features=in_features, **arch))
+    if m.config.norm == "batchnorm":  # running statistics that are not the identity
+        with torch.no_grad():
+            for bn in m.norms:
+                bn.running_mean.normal_(0, 0.3)
+                bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def inputs(n: int, seed: int, in_features: int = 14) -> torch.Tensor:
+    return torch.randn(n, in_features, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"{a['activation']}-{a['norm']}-{len(a['hidden'])}")
+def test_refit_of_an_unedited_model_is_the_model(arch):
+    """With nothing removed the original weights fit exactly and are the ridge's anchor: nothing moves."""
+    m = model(arch, 0)
+    same = refit(m, m, inputs(256, 1))
+    for (name, a), b in zip(m.state_dict().items(), same.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"{a['activation']}-{a['norm']}-{len(a['hidden'])}")
+def test_refit_keeps_the_pruned_pattern_and_brings_the_outputs_back(arch):
+    m = model(arch, 3)
+    pruned = baselines.magnitude_prune(m, 0.4)
+    fitted = refit(m, pruned, inputs(512, 4), ridge=1e-2)
+    masks = baselines.masks_of(pruned)
+    assert all(torch.equal(masks[k], v) for k, v in baselines.masks_of(fitted).items())  # same zeros, exactly
+    x_new = inputs(2000, 5)  # points the refit never saw
+    with torch.no_grad():
+        ref = m(x_new)
+        before = (pruned(x_new) - ref).pow(2).mean()
+        after = (fitted(x_new) - ref).pow(2).mean()
+    assert after < 0.8 * before, (float(before), float(after))  # 0.32x-0.80x on these four
+    assert not any(p is q for p, q in zip(pruned.parameters(), fitted.parameters()))  # a copy: the input is kept
+    assert torch.equal(baselines.masks_of(pruned)[next(iter(masks))], masks[next(iter(masks))])
+
+
+def test_masked_ridge_equals_per_row_least_squares_in_numpy():
+    rng = np.random.default_rng(0)
+    n, k, out, ridge = 300, 9, 5, 0.05
+    x = rng.normal(size=(n, k))
+    y = rng.normal(size=(n, out))
+    w0 = rng.normal(size=(out, k))
+    mask = rng.random((out, k)) < 0.6
+    got = solve_masked_ridge(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w0), torch.from_numpy(mask),
+                             ridge).numpy()
+    alpha = ridge * np.mean(np.sum(x * x, axis=0) / n)
+    for j in range(out):
+        cols = np.flatnonzero(mask[j])
+        xs = x[:, cols]
+        # min |xs w - y_j|^2 / n + alpha |w - w0_j|^2, stacked as one ordinary least-squares problem
+        a = np.vstack([xs / np.sqrt(n), np.sqrt(alpha) * np.eye(len(cols))])
+        b = np.concatenate([y[:, j] / np.sqrt(n), np.sqrt(alpha) * w0[j, cols]])
+        expect = np.zeros(k)
+        expect[cols] = np.linalg.lstsq(a, b, rcond=None)[0]
+        np.testing.assert_allclose(got[j], expect, atol=1e-10)
+
+
+def test_refit_refuses_what_it_cannot_do():
+    a, b = model(ARCHS[0], 0), model(ARCHS[1], 0)
+    with pytest.raises(ValueError, match="one architecture"):
+        refit(a, b, inputs(64, 0))
+    with pytest.raises(ValueError, match="ridge > 0"):
+        refit(a, a, inputs(64, 0), ridge=0.0)
+    with pytest.raises(Exception, match=r"\(batch, 14\)"):
+        refit(a, a, inputs(64, 0, in_features=13))
+
+
+def _prune_editor(**kw) -> Editor:
+    torch.manual_seed(0)
+    return Editor(requirement="prune", variant="prune", task="adult", target_range=[0.05, 0.8],
+                  metanet={"hidden": 16, "layers": 2, "calibration": 128, "calibration_rounds": 2, "prior_masks": True},
+                  **kw)
+
+
+def test_an_editor_with_refit_edits_then_refits_on_its_calibration_batch(tmp_path):
+    models = [model(ARCHS[i % 4], 10 + i) for i in range(4)]
+    plain = _prune_editor()
+    refitting = plain.with_refit(0.03)
+    assert torch.equal(_prune_editor(refit=0.03).metanet.calibration_inputs, refitting.metanet.calibration_inputs)
+    assert refitting.settings["refit"] == 0.03 and plain.settings["refit"] is None
+    x_cal = refitting.metanet.calibration_inputs
+    for m, a, b in zip(models, plain.edit_many(models, target=0.3), refitting.edit_many(models, target=0.3)):
+        expect = refit(m, a, x_cal, ridge=0.03)
+        for (name, p), q in zip(expect.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(p, q, atol=1e-6), name
+        assert baselines.sparsity(b) == baselines.sparsity(a)  # the requirement still holds
+    refitting.save_pretrained(tmp_path / "ed")
+    assert json.loads((tmp_path / "ed" / "config.json").read_text())["refit"] == 0.03
+    again = Editor.from_pretrained(tmp_path / "ed")
+    assert again.settings["refit"] == 0.03
+    assert torch.equal(again.edit(models[0], target=0.3).layers[0].weight,
+                       refitting.edit(models[0], target=0.3).layers[0].weight)
+    back = again.with_refit(None)
+    assert back.settings["refit"] is None
+    assert torch.equal(back.edit(models[0], target=0.3).layers[0].weight, plain.edit(models[0], target=0.3).layers[0].weight)
+
+
+def test_refit_setting_is_checked():
+    with pytest.raises(ConfigError, match="ridge > 0"):
+        _prune_editor(refit=-1.0)
+    with pytest.raises(ConfigError, match="calibration batch"):
+        Editor(requirement="prune", variant="prune", task="adult", target_range=[0.05, 0.8], refit=0.03,
+               metanet={"hidden": 16, "layers": 2})
+    with pytest.raises(ConfigError, match="undo"):
+        Editor(requirement="fairness", task="adult", lam=1.0, refit=0.03, metanet={"hidden": 16, "layers": 2, "calibration": 64})
