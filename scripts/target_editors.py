@@ -210,9 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", default=None, help="baseline cache folder (default: runs/targets/baseline-cache/TASK); "
                     "baseline results depend on the model and level only, so editors of a task share it")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--untrained", action="store_true",
+                    help="ablation: the editor's configuration (calibration, priors, refit) with freshly initialised "
+                         "weights (seed 0), i.e. without what its metanetwork learned")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     editor = Editor.from_pretrained(args.editor)
+    if args.untrained:
+        settings = {**editor.settings, "training": {}, "validation_front": []}
+        torch.manual_seed(0)
+        editor = Editor(**settings).eval()
     if editor.target_range is None:
         ap.error(f"{args.editor} is not a target-conditioned editor")
     requirement = editor.settings["requirement"]
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, flush=True)
         log_lines.append(msg)
 
-    results = {"editor": args.editor, "editor_name": Path(args.editor).name, "task": zoo.task_name,
+    results = {"editor": args.editor, "editor_name": Path(args.editor).name + (" (untrained)" if args.untrained else ""), "task": zoo.task_name,
                "requirement": requirement, "target_range": list(editor.target_range),
                "best_step": editor.settings["training"].get("best_step"),
                "command": "python scripts/" + Path(__file__).name + " " + shlex.join(sys.argv[1:] if argv is None else argv),

@@ -321,7 +321,7 @@ class Editor(
             calib = self.metanet.calibration_inputs
             written = [refit_mlp(orig, new.to(orig.layers[0].weight.device),
                                  calib[:, : orig.config.in_features].to(orig.layers[0].weight.device),
-                                 ridge=self.settings["refit"])
+                                 ridge=self.settings["refit"], copy=False)
                        for orig, new in zip(models, written)]
         seconds = (time.perf_counter() - start) / m
         results = []

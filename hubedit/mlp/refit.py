@@ -13,7 +13,7 @@ exactly zero, so the refit model meets the same requirement as the edited one.
 
 from __future__ import annotations
 
-import copy
+from copy import deepcopy
 
 import torch
 
@@ -54,10 +54,11 @@ def solve_masked_ridge(inputs: torch.Tensor, targets: torch.Tensor, weights: tor
 
 
 @torch.no_grad()
-def refit(original: MLP, edited: MLP, x: torch.Tensor, *, ridge: float = 1e-2) -> MLP:
+def refit(original: MLP, edited: MLP, x: torch.Tensor, *, ridge: float = 1e-2, copy: bool = True) -> MLP:
     """A copy of ``edited`` whose nonzero weights and biases are refit, layer by layer, to reproduce
     ``original``'s pre-activations on ``x`` (see the module docstring). Both models must have the same
-    architecture; ``x`` is ``(n, in_features)``. Norm and activation parameters are kept as they are."""
+    architecture; ``x`` is ``(n, in_features)``. Norm and activation parameters are kept as they are.
+    ``copy=False`` refits ``edited`` itself (for a caller that owns it: saves the copy's time)."""
     if original.config != edited.config:
         raise ValueError(f"refit needs two models of one architecture, got {original.config} and {edited.config}")
     if not ridge > 0:
@@ -65,7 +66,7 @@ def refit(original: MLP, edited: MLP, x: torch.Tensor, *, ridge: float = 1e-2) -
     original.check_input(x)
     if x.shape[0] < 2:
         raise ValueError(f"refit needs at least 2 input rows, got {x.shape[0]}")
-    out = copy.deepcopy(edited).eval()
+    out = (deepcopy(edited) if copy else edited).eval()
     was_training = original.training
     original.eval()
     dtype = out.layers[0].weight.dtype
