@@ -129,3 +129,26 @@ def test_refit_setting_is_checked():
                metanet={"hidden": 16, "layers": 2})
     with pytest.raises(ConfigError, match="undo"):
         Editor(requirement="fairness", task="adult", lam=1.0, refit=0.03, metanet={"hidden": 16, "layers": 2, "calibration": 64})
+
+
+def test_graph_refit_of_a_mixed_batch_equals_the_per_model_refit_and_is_differentiable():
+    """hubedit.graph.refit (models of one architecture solved together) against hubedit.mlp.refit, model by model;
+    gradients reach the edited values and the keep mask (training an editor through its refit)."""
+    from hubedit.graph import batch_to_mlps, mlps_to_batch
+    from hubedit.graph.refit import refit_values
+
+    originals = [model(ARCHS[i % 4], 20 + i) for i in range(6)]  # two pairs share an architecture
+    pruned = [baselines.magnitude_prune(m, 0.35) for m in originals]
+    batch = mlps_to_batch(originals)
+    edited = mlps_to_batch(pruned)
+    keep = (edited.edge_attr.reshape(-1) != 0).double().requires_grad_(True)
+    ev = edited.edge_attr.reshape(-1).double().requires_grad_(True)
+    x = inputs(300, 7)
+    new_ev, new_nv = refit_values(batch, x, ev, edited.x.double(), keep, ridge=0.02)
+    for orig, pr, got in zip(originals, pruned, batch_to_mlps(batch, new_ev.detach().float(), new_nv.detach().float())):
+        expect = refit(orig, pr, x, ridge=0.02)
+        for (name, a), b in zip(expect.state_dict().items(), got.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-5), name
+    (new_ev.pow(2).sum() + new_nv.pow(2).sum()).backward()
+    assert torch.isfinite(keep.grad).all() and keep.grad.abs().sum() > 0
+    assert torch.isfinite(ev.grad).all() and ev.grad.abs().sum() > 0

@@ -147,3 +147,29 @@ def test_epo_scalarisation_trains_an_editor_for_a_preference(tiny_zoo, tmp_path)
     again.edit(tiny_zoo["test"][0].to_module())  # no lam needed
     with pytest.raises(Exception, match="preference"):
         train_editor(tiny_zoo, "fairness", lam=1.0, scalarisation="epo", steps=1, progress=False, **FAST)
+
+
+def test_training_through_the_refit(tiny_zoo, tmp_path):
+    """--refit: the loss and the validation are those of refit edits, the saved editor refits, and its validation
+    front is what editing the validation models with it gives."""
+    from hubedit.editor.editing import evaluate_edits
+    from hubedit.graph import mlp_to_graph
+
+    log = []
+    editor = train_editor(tiny_zoo, "prune", target_range=(0.1, 0.6), steps=4, progress=False, log=log,
+                          calibration=64, calibration_rounds=2, refit=0.05, out=tmp_path / "r", **FAST)
+    assert editor.settings["refit"] == 0.05 and editor.settings["training"]["refit"] == 0.05
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    loaded = Editor.from_pretrained(tmp_path / "r")
+    assert loaded.settings["refit"] == 0.05
+    graphs = [mlp_to_graph(c.to_module()) for c in tiny_zoo["validation"]]
+    x, y, s = tiny_zoo.task.split("evaluation")
+    t = editor.settings["validation_front"][0]["target"]
+    _, with_refit = evaluate_edits(loaded.metanet, loaded.requirement, graphs, x, y, s, lam=None, lam_range=None,
+                                   target=t, target_range=loaded.target_range, refit=0.05)
+    _, without = evaluate_edits(loaded.metanet, loaded.requirement, graphs, x, y, s, lam=None, lam_range=None,
+                                target=t, target_range=loaded.target_range)
+    assert float(with_refit.mean()) == pytest.approx(editor.settings["validation_front"][0]["jsd"], rel=1e-5)
+    assert float(with_refit.mean()) < float(without.mean())
+    with pytest.raises(Exception, match="refit needs a calibration batch"):
+        train_editor(tiny_zoo, "prune", target_range=(0.1, 0.6), steps=1, progress=False, refit=0.05, **FAST)

@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--calibration-rounds", type=int, default=0, metavar="R",
                    help="target-conditioned pruning with --calibration: the editor also reads the outcome of R "
                         "rounds of iterative saliency pruning (on the model's own labels) towards the target")
+    t.add_argument("--refit", type=float, default=None, metavar="RIDGE",
+                   help="with --calibration (pruning, data minimisation): refit every edit to the original on the "
+                        "calibration batch (layer-wise ridge least squares, hubedit.mlp.refit), in training and at "
+                        "edit time")
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--zoo-fraction", type=float, default=1.0, help="train on this fraction of the zoo's train split")
@@ -137,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         temperature=args.temperature, eval_every=args.eval_every, zoo_fraction=args.zoo_fraction, seed=args.seed,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, edge_hidden=args.edge_hidden, film=args.film,
         calibration=args.calibration, calibration_rounds=args.calibration_rounds, prior_masks=args.prior_masks,
-        feature_importance=args.feature_importance,
+        feature_importance=args.feature_importance, refit=args.refit,
     )
     from accelerate import PartialState
 

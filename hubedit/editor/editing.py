@@ -14,6 +14,7 @@ from torch_geometric.data import Data
 from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
 from ..graph.encoding import INPUT
+from ..graph.refit import refit_values
 from ..metanet.model import EditOutput, GraphMetanetwork
 from ..requirements import Edit, Outcome, Requirement
 from ..requirements.base import graph_index, num_graphs
@@ -74,6 +75,16 @@ def folded_values(data: Data, edit: Edit) -> tuple[torch.Tensor, torch.Tensor]:
     return ev, edit.node_values
 
 
+def refit_edit(data: Data, edit: Edit, x: torch.Tensor, ridge: float) -> Edit:
+    """The edit refit to the original models on ``x`` (:func:`hubedit.graph.refit.refit_values`): kept
+    weights and biases re-solved layer by layer; the masks stay, and every weight they drop comes out 0."""
+    keep = edit.edge_mask if edit.edge_mask is not None else torch.ones_like(edit.edge_values)
+    if edit.input_mask is not None:
+        keep = keep.reshape(-1) * input_edge_mask(data, edit.input_mask)
+    ev, nv = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge)
+    return Edit(edge_values=ev, node_values=nv, edge_mask=edit.edge_mask, input_mask=edit.input_mask)
+
+
 def score(
     requirement: Requirement,
     data: Data,
@@ -109,8 +120,10 @@ def evaluate_edits(
     chunk: int = 64,
     target: float | None = None,
     target_range: tuple[float, float] | None = None,
+    refit: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard edits of ``graphs``: per-model requirement metric and JSD on ``(x, y, sensitive)``."""
+    """Hard edits of ``graphs``: per-model requirement metric and JSD on ``(x, y, sensitive)``; with ``refit``
+    (a ridge) each edit is refit on the metanetwork's calibration batch first, as :meth:`Editor.edit` does."""
     from torch_geometric.data import Batch
 
     metrics, jsds = [], []
@@ -121,6 +134,8 @@ def evaluate_edits(
         target_t = None if target is None else torch.full((m,), float(target), dtype=torch.float64)
         _, edit = run_edit(metanet, requirement, batch, lam=lam_t, lam_range=lam_range, hard=True,
                            target=target_t, target_range=target_range)
+        if refit is not None:
+            edit = refit_edit(batch, edit, metanet.calibration_inputs[:, : x.shape[1]], refit)
         outcome, jsd = score(requirement, batch, edit, x, y, sensitive)
         metrics.append(requirement.metric(outcome))
         jsds.append(jsd.double())

@@ -27,9 +27,8 @@ from ..graph import batch_to_mlps, mlps_to_batch
 from ..metanet.model import GraphMetanetwork
 from ..mlp import MLP
 from ..mlp.module import check_header_tensors, read_safetensors_header
-from ..mlp.refit import refit as refit_mlp
 from ..requirements import get_requirement
-from .editing import folded_values, run_edit
+from .editing import folded_values, refit_edit, run_edit
 from .edited import EditedMLP
 
 WEIGHTS_NAME = "model.safetensors"
@@ -315,14 +314,11 @@ class Editor(
         target_t = self._target_tensor(target, m)
         _, edit = run_edit(self.metanet, self.requirement, batch, lam=lam_t, lam_range=self.lam_range, hard=True,
                            target=None if target_t is None else target_t.to(device), target_range=self.target_range)
+        if self.settings["refit"] is not None:
+            n_in = models[0].config.in_features
+            edit = refit_edit(batch, edit, self.metanet.calibration_inputs[:, :n_in], self.settings["refit"])
         ev, nv = folded_values(batch, edit)
         written = batch_to_mlps(batch, ev, nv)
-        if self.settings["refit"] is not None:
-            calib = self.metanet.calibration_inputs
-            written = [refit_mlp(orig, new.to(orig.layers[0].weight.device),
-                                 calib[:, : orig.config.in_features].to(orig.layers[0].weight.device),
-                                 ridge=self.settings["refit"], copy=False)
-                       for orig, new in zip(models, written)]
         seconds = (time.perf_counter() - start) / m
         results = []
         for k, (orig, new) in enumerate(zip(models, written)):

@@ -39,18 +39,21 @@ def solve_masked_ridge(inputs: torch.Tensor, targets: torch.Tensor, weights: tor
                        ridge: float) -> torch.Tensor:
     """For each row ``j`` of ``weights`` (out x K): the minimiser over its ``mask[j]`` entries of
     ``|inputs[:, m] w - targets[:, j]|^2 / n + alpha |w - weights[j, m]|^2`` (the others stay 0), with
-    ``alpha = ridge * mean diagonal of inputs^T inputs / n``. All rows solved in one batched call."""
-    n = inputs.shape[0]
+    ``alpha = ridge * mean diagonal of inputs^T inputs / n``. All rows solved in one batched call; leading batch
+    dimensions (several models: ``inputs`` (..., n, K), ``targets`` (..., n, out), ``weights`` and ``mask``
+    (..., out, K)) are solved together. Differentiable in every argument, ``mask`` included (a float 0/1 mask
+    with a straight-through gradient works), computed in float64."""
+    n = inputs.shape[-2]
     x = inputs.double()
-    gram = x.T @ x / n  # K x K
-    alpha = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-    m = mask.double()  # out x K
-    anchor = weights.double() * m
-    rhs = m * ((targets.double().T @ x) / n + alpha * anchor)  # out x K
-    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    gram = x.transpose(-1, -2) @ x / n  # (..., K, K)
+    alpha = ridge * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)  # (...,)
+    alpha = alpha[..., None, None]
+    m = mask.double()  # (..., out, K)
+    rhs = m * ((targets.double().transpose(-1, -2) @ x) / n + alpha * weights.double() * m)
+    eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
     # masked rows/columns of the gram plus the ridge; an identity where the weight is pruned (solution 0 there)
-    system = m.unsqueeze(2) * gram.unsqueeze(0) * m.unsqueeze(1) + eye * (alpha * m + (1 - m)).unsqueeze(1)
-    return torch.linalg.solve(system, rhs.unsqueeze(2)).squeeze(2) * m
+    system = m.unsqueeze(-1) * gram.unsqueeze(-3) * m.unsqueeze(-2) + eye * (alpha * m + (1 - m)).unsqueeze(-1)
+    return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1) * m
 
 
 @torch.no_grad()

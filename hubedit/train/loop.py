@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch
 
-from ..editor.editing import evaluate_edits, run_edit, score
+from ..editor.editing import evaluate_edits, refit_edit, run_edit, score
 from ..editor.editor import Editor
 from ..errors import ConfigError
 from ..graph import mlp_to_graph
@@ -56,6 +56,7 @@ class EditorTrainingConfig:
     calibration_rounds: int = 0  # target-conditioned pruning: rounds of iterative saliency pruning as features
     prior_masks: bool = False  # masks from the calibration prior alone (not learned); the editor learns the edit
     feature_importance: bool = False  # data minimisation: permutation importance on the calibration batch as prior
+    refit: float | None = None  # ridge: every edit refit to the original on the calibration batch, in training too
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
     hidden: int = 64
@@ -88,6 +89,9 @@ class EditorTrainingConfig:
                               f"{self.lr_min_ratio}")
         if not 0 < self.zoo_fraction <= 1:
             raise ConfigError(f"zoo_fraction must be in (0, 1], got {self.zoo_fraction}")
+        if self.refit is not None and not (self.calibration and self.refit > 0):
+            raise ConfigError(f"refit needs a calibration batch and a ridge > 0, got calibration={self.calibration}, "
+                              f"refit={self.refit}")
         if self.steps < 1 or self.models_per_step < 1 or self.points_per_step < 1:
             raise ConfigError("steps, models_per_step and points_per_step must be positive")
 
@@ -321,7 +325,7 @@ def train_editor(
                  **({"calibration_rounds": cfg.calibration_rounds} if cfg.calibration_rounds else {}),
                  **({"prior_masks": True} if cfg.prior_masks else {}),
                  **({"feature_importance": True} if cfg.feature_importance else {})},
-        temperature=cfg.temperature,
+        temperature=cfg.temperature, refit=cfg.refit,
         zoo=dict(zoo.source) or {"task": zoo.task_name}, training={},
     )
     req = editor.requirement
@@ -376,7 +380,7 @@ def train_editor(
         for lam_v in eval_lams:
             if target_range is not None:  # the target is met exactly: the objective is the JSD
                 metric, jsd = evaluate_edits(net.metanet, req, val_graphs, Xv, yv, sv, lam=None, lam_range=None,
-                                             target=lam_v, target_range=target_range)
+                                             target=lam_v, target_range=target_range, refit=cfg.refit)
                 points.append({"target": lam_v, "metric": float(metric.mean()), "jsd": float(jsd.mean())})
                 objective += float(jsd.mean()) / len(eval_lams)
                 continue
@@ -421,6 +425,9 @@ def train_editor(
         # through the prepared (possibly DDP-wrapped) module, so that gradients are synchronised
         _, edit = run_edit(model, req, batch, lam=lam_t, lam_range=cfg.lam_range, hard=False,
                            target=target_t, target_range=target_range)
+        if cfg.refit is not None:  # trained through the refit the editor applies at edit time
+            calib = accelerator.unwrap_model(model).metanet.calibration_inputs
+            edit = refit_edit(batch, edit, calib[:, : x.shape[1]], cfg.refit)
         outcome, jsd = score(req, batch, edit, x, y, s)
         penalty = req.penalty(outcome)
         optimizer.zero_grad(set_to_none=True)
