@@ -29,6 +29,18 @@ def _group(configs: list[MLPConfig]) -> dict[MLPConfig, list[int]]:
     return groups
 
 
+def norm_and_activation(z: torch.Tensor, nodes: torch.Tensor, cfg: MLPConfig, act=None) -> torch.Tensor:
+    """A hidden layer's norm (eval semantics: BatchNorm's running statistics) and activation, applied to its
+    pre-activations ``z`` (k, B, rows) with the layer's node values ``nodes`` (k, 1, rows, NODE_FEATURES)."""
+    if cfg.norm == "batchnorm":
+        inv = torch.rsqrt(nodes[..., COL_RUNNING_VAR] + cfg.norm_eps)
+        z = (z - nodes[..., COL_RUNNING_MEAN]) * (inv * nodes[..., COL_NORM_WEIGHT]) + nodes[..., COL_NORM_BIAS]
+    elif cfg.norm == "layernorm":
+        z = F.layer_norm(z, (z.shape[-1],), eps=cfg.norm_eps)
+        z = z * nodes[..., COL_NORM_WEIGHT] + nodes[..., COL_NORM_BIAS]
+    return (act or activation_fn(cfg.activation))(z)
+
+
 def functional_forward(
     data: Data,
     x: torch.Tensor,
@@ -104,13 +116,7 @@ def functional_forward(
             inp = acts[srcs[0]] if len(srcs) == 1 else torch.cat([acts[s] for s in srcs], dim=-1)
             z = torch.baddbmm(nodes[..., COL_BIAS], inp, w.transpose(1, 2))
             if block.dst <= cfg.depth:
-                if cfg.norm == "batchnorm":
-                    inv = torch.rsqrt(nodes[..., COL_RUNNING_VAR] + cfg.norm_eps)
-                    z = (z - nodes[..., COL_RUNNING_MEAN]) * (inv * nodes[..., COL_NORM_WEIGHT]) + nodes[..., COL_NORM_BIAS]
-                elif cfg.norm == "layernorm":
-                    z = F.layer_norm(z, (block.rows,), eps=cfg.norm_eps)
-                    z = z * nodes[..., COL_NORM_WEIGHT] + nodes[..., COL_NORM_BIAS]
-                z = act(z)
+                z = norm_and_activation(z, nodes, cfg, act)
             acts.append(z)
         outs.append(acts[-1])
         order.append(gi)

@@ -13,26 +13,13 @@ baselines.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch_geometric.data import Data
 
-from ..mlp.module import activation_fn
 from ..mlp.refit import solve_masked_ridge
 from .build import graph_offsets
-from .encoding import COL_BIAS, COL_NORM_BIAS, COL_NORM_WEIGHT, COL_RUNNING_MEAN, COL_RUNNING_VAR, NODE_FEATURES
-from .functional import _group
+from .encoding import COL_BIAS, NODE_FEATURES
+from .functional import _group, norm_and_activation
 from .layout import graph_layout
-
-
-def _normalise_activate(z: torch.Tensor, nodes: torch.Tensor, cfg, rows: int) -> torch.Tensor:
-    """A hidden layer's norm (eval semantics) and activation, as in :func:`functional_forward`."""
-    if cfg.norm == "batchnorm":
-        inv = torch.rsqrt(nodes[..., COL_RUNNING_VAR] + cfg.norm_eps)
-        z = (z - nodes[..., COL_RUNNING_MEAN]) * (inv * nodes[..., COL_NORM_WEIGHT]) + nodes[..., COL_NORM_BIAS]
-    elif cfg.norm == "layernorm":
-        z = F.layer_norm(z, (rows,), eps=cfg.norm_eps)
-        z = z * nodes[..., COL_NORM_WEIGHT] + nodes[..., COL_NORM_BIAS]
-    return activation_fn(cfg.activation)(z)
 
 
 def refit_values(
@@ -97,8 +84,8 @@ def refit_values(
             bias_new.append(new_b.reshape(-1))
             if block.dst <= cfg.depth:
                 z = torch.baddbmm(new_b.unsqueeze(1), inp, new_w.transpose(1, 2))
-                acts.append(_normalise_activate(z, nodes, cfg, block.rows))
-                orig_acts.append(_normalise_activate(target, orig_nodes, cfg, block.rows))
+                acts.append(norm_and_activation(z, nodes, cfg))
+                orig_acts.append(norm_and_activation(target, orig_nodes, cfg))
     out_ev = (ev * keep).index_copy(0, torch.cat(edge_idx), torch.cat(edge_new))
     bias = node_values[:, COL_BIAS].index_copy(0, torch.cat(node_idx), torch.cat(bias_new))
     out_nv = torch.cat([node_values[:, :COL_BIAS], bias.unsqueeze(1), node_values[:, COL_BIAS + 1:]], dim=1)
