@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 SETTINGS = ("requirement", "variant", "target_range", "lr", "lr_schedule", "steps", "calibration", "calibration_rounds",
-            "prior_masks", "feature_importance", "film", "seed")
+            "prior_masks", "feature_importance", "refit", "film", "seed")
 
 
 def run_rows(folder: Path) -> dict | None:
