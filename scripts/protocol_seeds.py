@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"## {name}: every method (JSD front, {len(rs)} seeds)", "", protocol_seed_table(rs).markdown(), ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines[:8 + 40]))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 For each ridge, the editor (its weights unchanged, ``refit`` set to that ridge) edits a seeded subset of the
 zoo's *validation* checkpoints at each target, and the mean JSD to the originals on the task's *validation*
 split is recorded; "none" is the editor without a refit. The ridge with the lowest mean JSD over all targets is
-written as ``chosen``; `scripts/reference_editors.py --refit` then packages the editor with it.
+written as ``chosen``; `scripts/reference_editors.py --refit-selection FILE` then packages the editor with it.
 
     python scripts/select_refit.py --editor runs/targets/dm-adult-pfi --zoo runs/zoos/adult-small \\
         --ridges 0.01,0.03,0.1,0.3,1 --out results/targets/refit-selection/dm-adult.json

@@ -271,8 +271,7 @@ class Editor(
         """A copy of this editor (same weights) that refits every edit with ``ridge`` (see ``refit`` in the
         class docstring; ``None``: no refit). The refit is an edit-time setting, so a trained editor can take one;
         ``scripts/select_refit.py`` picks the ridge on validation models."""
-        settings = {k: v for k, v in self.settings.items()}
-        settings["refit"] = ridge
+        settings = {**self.settings, "refit": ridge}
         other = type(self)(**settings)
         other.load_state_dict(self.state_dict())
         other.source = dict(self.source)

@@ -74,7 +74,7 @@ def refit_values(
             inp = acts[srcs[0]] if len(srcs) == 1 else torch.cat([acts[s] for s in srcs], dim=-1)
             orig_inp = orig_acts[srcs[0]] if len(srcs) == 1 else torch.cat([orig_acts[s] for s in srcs], dim=-1)
             target = torch.baddbmm(orig_nodes[..., COL_BIAS], orig_inp, orig_w.transpose(1, 2))
-            weights = torch.cat([w * m, nodes[:, 0, :, COL_BIAS].unsqueeze(-1)], dim=-1)
+            weights = torch.cat([w, nodes[:, 0, :, COL_BIAS].unsqueeze(-1)], dim=-1)  # the solve masks the anchor
             mask = torch.cat([m, torch.ones(k, block.rows, 1, device=dev, dtype=dtype)], dim=-1)
             solved = solve_masked_ridge(torch.cat([inp, ones], dim=-1), target, weights, mask, ridge).to(dtype)
             new_w, new_b = solved[..., :-1], solved[..., -1]
