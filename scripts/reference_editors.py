@@ -54,7 +54,10 @@ def refit_section(selection: dict) -> str:
     """Markdown of a select_refit.py file: mean validation JSD per ridge and target, the chosen ridge."""
     table = selection["per_target"]
     targets = list(next(iter(table.values())))
-    lines = [f"Chosen by `{selection['command']}`: ridge **{selection['chosen']:g}**, the lowest mean JSD on "
+    how = " with reselect" if selection.get("chosen_reselect") else ""
+    if selection.get("chosen_greedy_features"):
+        how += f" and greedy feature selection up to {selection['chosen_greedy_features']} features"
+    lines = [f"Chosen by `{selection['command']}`: ridge **{selection['chosen']:g}**{how}, the lowest mean JSD on "
              f"{selection['n_models']} of the zoo's validation models (task's validation split); 'none' is this "
              "editor without the refit.", "", "| ridge | " + " | ".join(targets) + " | mean |", "|" + "---|" * (len(targets) + 2)]
     for ridge, row in table.items():
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     editor = Editor.from_pretrained(args.editor)
     selection = json.loads(Path(args.refit_selection).read_text()) if args.refit_selection else None
     if selection is not None:
-        editor = editor.with_refit(selection["chosen"])
+        editor = editor.with_refit(selection["chosen"], reselect=selection.get("chosen_reselect", False),
+                                   greedy_features=selection.get("chosen_greedy_features", 0))
     editor.settings["zoo"] = {"path": args.zoo_path, "built_by": args.zoo_command}
     folder = Path(args.out) / args.name
     if folder.exists() and not args.replace:

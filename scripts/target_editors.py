@@ -55,6 +55,8 @@ DM_BASELINES = ("FS", "FS & Retrain")
 # batch) after a per-model rule, without any metanetwork: what the metanetwork adds on top of the refit.
 PRUNE_REFIT_BASELINES = ("Magnitude + refit", "SNIP (own labels) + refit")
 DM_REFIT_BASELINES = ("FS + refit",)
+# With an editor that also reselects (``reselect``), the same reselecting refit after those rules.
+PRUNE_RESELECT_BASELINES = ("Magnitude + refit + reselect", "SNIP (own labels) + refit + reselect")
 
 
 def load_population(folder: Path) -> list[tuple[str, MLP]]:
@@ -65,6 +67,10 @@ def load_population(folder: Path) -> list[tuple[str, MLP]]:
 def run_baseline(name: str, model: MLP, level: float, task, cfg: ProtocolConfig, importance,
                  refit_with: tuple[torch.Tensor, float] | None = None) -> MLP:
     Xe, ye, _ = task.split("editing")
+    if name.endswith(" + refit + reselect"):
+        calib, ridge = refit_with
+        pruned = run_baseline(name[: -len(" + refit + reselect")], model, level, task, cfg, importance)
+        return reselecting_refit(model, pruned, calib, ridge)
     if name.endswith(" + refit"):
         calib, ridge = refit_with
         return refit(model, run_baseline(name[: -len(" + refit")], model, level, task, cfg, importance), calib, ridge=ridge)
@@ -87,6 +93,21 @@ def run_baseline(name: str, model: MLP, level: float, task, cfg: ProtocolConfig,
     raise ValueError(name)
 
 
+def reselecting_refit(original: MLP, pruned: MLP, calib: torch.Tensor, ridge: float) -> MLP:
+    """``pruned`` refit to ``original`` as an editor with ``reselect`` refits its own mask
+    (:func:`hubedit.editor.editing.refit_edit`)."""
+    from hubedit.editor.editing import folded_values, refit_edit
+    from hubedit.graph import batch_to_mlps, mlps_to_batch
+    from hubedit.requirements import Edit
+
+    batch, edited = mlps_to_batch([original]), mlps_to_batch([pruned])
+    values = edited.edge_attr.reshape(-1)
+    edit = Edit(values, edited.x, edge_mask=(values != 0).to(values.dtype))
+    with torch.no_grad():
+        ev, nv = folded_values(batch, refit_edit(batch, edit, calib, ridge, reselect=True))
+    return batch_to_mlps(batch, ev, nv)[0]
+
+
 def scores(original: MLP, edited: MLP, X, y) -> tuple[float, float]:
     with torch.no_grad():
         p, q = original.predict_proba(X).double(), edited.predict_proba(X).double()
@@ -106,6 +127,8 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
     refit_with = None
     if editor.settings.get("refit") is not None:
         names = names + (PRUNE_REFIT_BASELINES if requirement == "prune" else DM_REFIT_BASELINES)
+        if editor.settings.get("reselect"):
+            names = names + PRUNE_RESELECT_BASELINES
         n_in = task.split("editing")[0].shape[1]
         refit_with = (editor.metanet.calibration_inputs[:, :n_in].float(), editor.settings["refit"])
     X, y, _ = task.split("test")
@@ -126,7 +149,7 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
             importance = None
             for b in names:
-                key = f"{b} (ridge {refit_with[1]:g})" if b.endswith(" + refit") else b  # cached per ridge
+                key = f"{b} (ridge {refit_with[1]:g})" if " + refit" in b else b  # cached per ridge
                 if key not in cached:
                     if requirement == "minimise" and importance is None:
                         importance = baselines.permutation_importance(model, Xe, ye, n_repeats=cfg.pfi_repeats,
@@ -163,7 +186,8 @@ def evaluate_population(editor: Editor, label: str, models: list[tuple[str, MLP]
 def markdown(results: dict) -> str:
     requirement = results["requirement"]
     first = results["populations"][0]["rows"][0]
-    names = [b for b in PRUNE_BASELINES + PRUNE_REFIT_BASELINES + DM_BASELINES + DM_REFIT_BASELINES if b in first]
+    names = [b for b in PRUNE_BASELINES + PRUNE_REFIT_BASELINES + PRUNE_RESELECT_BASELINES + DM_BASELINES
+             + DM_REFIT_BASELINES if b in first]
     level = "fraction of weights kept" if requirement == "prune" else "kept features"
     lines = [f"# {results['editor_name']}: target-conditioned editor vs per-model baselines ({results['task']})", "",
              f"Command: `{results['command']}`", "",

@@ -3,7 +3,10 @@
 
 The baselines are the same runs in every seed's file (same models, same levels, cached), so the spread is the
 editors'. Per population and target: the editor's mean JSD (mean ± sd over seeds of the per-seed mean over
-models) and, per baseline, the ratio editor / baseline (mean ± sd over seeds).
+models) and, per baseline, the ratio editor / baseline (mean ± sd over seeds). Where the files hold per-model
+results, a second table per population gives what a mean can hide: per baseline, the geometric mean over models
+of the per-model ratio editor JSD / baseline JSD, and the share of models where the editor's JSD is lower (each
+mean ± sd over seeds).
 
     python scripts/target_seeds.py results/targets/prune-adult-refit results/targets/seeds/prune-adult-s1-refit \\
         results/targets/seeds/prune-adult-s2-refit --out results/targets/seeds/prune-adult.md
@@ -41,7 +44,30 @@ def summary(runs: list[dict]) -> str:
                 cells.append(fmt(np.array([r[n]["editor_over_baseline"] for r in per_seed]), ".3f"))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if all("models" in run["populations"][p]["rows"][0] for run in runs):
+            lines += per_model_table(runs, p, names)
     return "\n".join(lines)
+
+
+def per_model_table(runs: list[dict], p: int, names: list[str]) -> list[str]:
+    """Markdown lines: per target and baseline, the geometric mean of per-model ratios and the editor's win share."""
+    lines = ["Per model (geometric mean of editor JSD / baseline JSD over models; share of models where the editor's "
+             "JSD is lower):", "", "| target | " + " | ".join(f"{n}: geo-mean ratio | {n}: wins" for n in names) + " |",
+             "|" + "---|" * (2 * len(names) + 1)]
+    for i, row in enumerate(runs[0]["populations"][p]["rows"]):
+        cells = [f"{row['target']:g}"]
+        for n in names:
+            geo, wins = [], []
+            for run in runs:
+                models = run["populations"][p]["rows"][i]["models"]
+                e = np.array([m["editor_jsd"] for m in models])
+                b = np.array([m[n]["jsd"] for m in models])
+                ok = (e > 0) & (b > 0)
+                geo.append(float(np.exp(np.mean(np.log(e[ok] / b[ok])))) if ok.any() else float("nan"))
+                wins.append(float(np.mean(e < b)))
+            cells += [fmt(np.array(geo), ".3f"), fmt(np.array(wins), ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def fmt(values: np.ndarray, floatfmt: str) -> str:

@@ -23,10 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("editor")
     ap.add_argument("ridge", type=float)
     ap.add_argument("out")
+    ap.add_argument("--reselect", action="store_true", help="pruning: also re-choose the mask within each layer for "
+                    "the refit, keeping per model the better of the two (Editor reselect)")
+    ap.add_argument("--greedy-features", type=int, default=0, metavar="N",
+                    help="data minimisation: at up to N kept features, choose them greedily by the refit (Editor "
+                         "greedy_features)")
     args = ap.parse_args(argv)
     if Path(args.out).exists():
         ap.error(f"{args.out} exists; choose a new folder")
-    Editor.from_pretrained(args.editor).with_refit(args.ridge).save_pretrained(args.out)
+    Editor.from_pretrained(args.editor).with_refit(args.ridge, reselect=args.reselect, greedy_features=args.greedy_features).save_pretrained(args.out)
     print(f"wrote {args.out}")
 
 

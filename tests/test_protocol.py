@@ -257,6 +257,36 @@ def test_pareto_cli_writes_report_json_and_plot(tiny_adult_zoo_dir, zoo, tmp_pat
     assert main(["pareto", "--zoo", str(tiny_adult_zoo_dir), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
 
 
+def test_pareto_cli_reuses_the_baselines_of_an_earlier_run(tiny_adult_zoo_dir, zoo, tmp_path, capsys):
+    """--baselines-from: the editors are evaluated, the baselines copied from an earlier run with the same options
+    (same numbers as running them); other options are refused before any work, with one error line."""
+    from hubedit.cli import main
+
+    common = ["--zoo", str(tiny_adult_zoo_dir), "--max-models", "2", "--prune-keeps", "0.5,0.1", "--timing-models", "0",
+              "--no-progress"]
+    assert main(["pareto", *common, "--requirement", "prune", "--baselines", "random", "magnitude",
+                 "--out", str(tmp_path / "base")]) == 0
+    ed_dir = tmp_path / "editor"
+    half_mask_editor("prune", zoo["test"][0].to_module(), lam_range=[0.01, 1.0]).save_pretrained(ed_dir)
+    assert main(["pareto", *common, "--editor", str(ed_dir), "--lambda-grid", "0.05", "0.5",
+                 "--baselines", "random", "magnitude", "--out", str(tmp_path / "both")]) == 0
+    assert main(["pareto", *common, "--editor", str(ed_dir), "--lambda-grid", "0.05", "0.5",
+                 "--baselines-from", str(tmp_path / "base" / "results.json"), "--out", str(tmp_path / "reused")]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    reused = json.loads((tmp_path / "reused" / "results.json").read_text())
+    assert set(reused["methods"]) == set(both["methods"])
+    for name in both["methods"]:
+        assert reused["methods"][name]["test"] == both["methods"][name]["test"], name
+    assert reused["hypervolumes"] == pytest.approx(both["hypervolumes"])
+    assert reused["info"]["baselines_from"]["methods"] == ["Random", "Magnitude"]
+    capsys.readouterr()
+    assert main(["pareto", *common, "--editor", str(ed_dir), "--seed", "3",
+                 "--baselines-from", str(tmp_path / "base" / "results.json"), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hubedit: error: --baselines-from") and "seed 0 there, 3 here" in err[0]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_baselines_in_worker_processes_give_the_same_points(zoo):
     kw = dict(baselines=["magnitude"], max_models=2, prune_keeps=(0.5, 0.1), timing_models=0,
               progress=False)

@@ -144,7 +144,7 @@ def test_graph_refit_of_a_mixed_batch_equals_the_per_model_refit_and_is_differen
     keep = (edited.edge_attr.reshape(-1) != 0).double().requires_grad_(True)
     ev = edited.edge_attr.reshape(-1).double().requires_grad_(True)
     x = inputs(300, 7)
-    new_ev, new_nv = refit_values(batch, x, ev, edited.x.double(), keep, ridge=0.02)
+    new_ev, new_nv, _ = refit_values(batch, x, ev, edited.x.double(), keep, ridge=0.02)
     for orig, pr, got in zip(originals, pruned, batch_to_mlps(batch, new_ev.detach().float(), new_nv.detach().float())):
         expect = refit(orig, pr, x, ridge=0.02)
         for (name, a), b in zip(expect.state_dict().items(), got.state_dict().values()):
@@ -152,3 +152,126 @@ def test_graph_refit_of_a_mixed_batch_equals_the_per_model_refit_and_is_differen
     (new_ev.pow(2).sum() + new_nv.pow(2).sum()).backward()
     assert torch.isfinite(keep.grad).all() and keep.grad.abs().sum() > 0
     assert torch.isfinite(ev.grad).all() and ev.grad.abs().sum() > 0
+
+
+def test_reselect_keeps_each_layers_count_and_picks_by_weight_times_input_norm():
+    """refit_values(reselect=True): per model and layer block, the same number of kept weights as the given mask,
+    chosen by |w| * |input|_2; the first block's choice checked against a direct top-k."""
+    from hubedit.graph import mlps_to_batch
+    from hubedit.graph.layout import graph_layout
+    from hubedit.graph.refit import refit_values
+
+    originals = [model(ARCHS[i % 4], 40 + i) for i in range(5)]
+    pruned = [baselines.magnitude_prune(m, 0.3) for m in originals]
+    batch, edited = mlps_to_batch(originals), mlps_to_batch(pruned)
+    keep = (edited.edge_attr.reshape(-1) != 0).double()
+    x = inputs(200, 8)
+    ev, _, new_keep = refit_values(batch, x, edited.edge_attr.reshape(-1).double(), edited.x.double(), keep,
+                                   ridge=0.02, reselect=True)
+    assert torch.all(ev[new_keep == 0] == 0)
+    assert not torch.equal(new_keep, keep)  # magnitude is not what the refit would choose
+    start = 0
+    for orig in originals:
+        lay = graph_layout(orig.config)
+        for block in lay.blocks:
+            sl = slice(start + block.start, start + block.start + block.size)
+            assert new_keep[sl].sum() == keep[sl].sum()
+        first = lay.blocks[0]
+        w = orig.layers[0].weight.detach().double()
+        score = (w.abs() * x.double().norm(dim=0)).reshape(-1)
+        n = int(keep[start + first.start: start + first.start + first.size].sum())
+        expect = torch.zeros_like(score)
+        expect[score.argsort(descending=True)[:n]] = 1
+        assert torch.equal(new_keep[start + first.start: start + first.start + first.size], expect)
+        start += sum(b.size for b in lay.blocks)
+
+
+def test_an_editor_that_reselects_is_never_worse_on_its_calibration_batch(tmp_path):
+    """reselect: per model the better of two refits on the calibration batch, so never worse there than the plain
+    refit; the kept fraction is still exactly the target; the setting is saved and checked."""
+    from hubedit.metrics.scores import jsd
+
+    models = [model(ARCHS[i % 4], 60 + i) for i in range(6)]
+    plain = _prune_editor(refit=0.03)
+    both = plain.with_refit(0.03, reselect=True)
+    x_cal = both.metanet.calibration_inputs.float()
+    a, b = plain.edit_many(models, target=0.2), both.edit_many(models, target=0.2)
+    gains = []
+    for m, pa, pb in zip(models, a, b):
+        with torch.no_grad():
+            ref = m.predict_proba(x_cal).double()
+            ja = float(jsd(ref, pa.predict_proba(x_cal).double()).mean())
+            jb = float(jsd(ref, pb.predict_proba(x_cal).double()).mean())
+        assert jb <= ja + 1e-7
+        gains.append(ja - jb)
+        assert baselines.sparsity(pb) == baselines.sparsity(pa)
+    assert max(gains) > 0  # the re-chosen mask wins on some model
+    both.save_pretrained(tmp_path / "ed")
+    again = Editor.from_pretrained(tmp_path / "ed")
+    assert again.settings["reselect"] is True
+    assert torch.equal(again.edit(models[0], target=0.2).layers[0].weight, b[0].layers[0].weight)
+    with pytest.raises(ConfigError, match="reselect"):
+        _prune_editor(reselect=True)  # no refit
+    with pytest.raises(ConfigError, match="reselect"):
+        _prune_editor(refit=0.03, reselect=1)
+
+
+def test_greedy_feature_selection_takes_the_best_single_feature_and_the_editor_uses_it():
+    """greedy_input_masks: exactly ``counts[m]`` features per model; its first pick is the single feature whose
+    per-model refit (hubedit.mlp.refit, computed here independently) has the lowest JSD on the calibration batch.
+    An editor with greedy_features keeps those features up to that count and its own above it."""
+    from hubedit.editor.editing import greedy_input_masks, run_edit
+    from hubedit.graph import mlps_to_batch
+    from hubedit.metrics.scores import jsd
+
+    models = [model(ARCHS[i % 4], 80 + i) for i in range(4)]
+    dm = Editor(requirement="minimise", task="adult", target_range=[1, 13], refit=0.3,
+                metanet={"hidden": 16, "layers": 2, "calibration": 96, "feature_importance": True})
+    x_cal = dm.metanet.calibration_inputs.float()
+    batch = mlps_to_batch(models)
+    with torch.no_grad():
+        _, edit = run_edit(dm.metanet, dm.requirement, batch, lam=None, lam_range=None, hard=True,
+                           target=torch.full((4,), 3.0, dtype=torch.float64), target_range=dm.target_range)
+        masks = greedy_input_masks(batch, edit, x_cal, 0.3, torch.tensor([0, 1, 2, 3]))
+    assert masks.sum(1).tolist() == [0, 1, 2, 3]
+    losses = []
+    for j in range(14):  # model 1 keeps one feature: the best single one
+        dropped = deepcopy_model_without_inputs(models[1], keep=[j])
+        refit_one = refit(models[1], dropped, x_cal, ridge=0.3)
+        with torch.no_grad():
+            losses.append(float(jsd(models[1].predict_proba(x_cal).double(), refit_one.predict_proba(x_cal).double()).mean()))
+    assert int(torch.nonzero(masks[1]).flatten()) == int(np.argmin(losses))
+
+    greedy = dm.with_refit(0.3, greedy_features=2)
+    for count in (1, 2, 5):
+        plain, chosen = dm.edit_many(models, target=count), greedy.edit_many(models, target=count)
+        for m, a, b in zip(models, plain, chosen):
+            assert len(b.record["kept_features"]) == count
+            if count > 2:
+                assert b.record["kept_features"] == a.record["kept_features"]
+            elif count == 1:  # greedy's single feature is the best on the calibration batch
+                with torch.no_grad():
+                    ref = m.predict_proba(x_cal).double()
+                    assert (float(jsd(ref, b.predict_proba(x_cal).double()).mean())
+                            <= float(jsd(ref, a.predict_proba(x_cal).double()).mean()) + 1e-9)
+    with pytest.raises(ConfigError, match="greedy_features"):
+        _prune_editor(refit=0.03, greedy_features=2)
+    with pytest.raises(ConfigError, match="greedy_features"):
+        dm.with_refit(None, greedy_features=2)
+    with pytest.raises(ConfigError, match="greedy_features"):
+        Editor(requirement="minimise", task="adult", lam=1.0, refit=0.3, greedy_features=2,
+               metanet={"hidden": 16, "layers": 2, "calibration": 64})
+
+
+def deepcopy_model_without_inputs(m: MLP, keep: list[int]) -> MLP:
+    """A copy of ``m`` whose weights from every input feature but ``keep`` are 0 (a data-minimisation edit)."""
+    from copy import deepcopy
+
+    out = deepcopy(m)
+    drop = [j for j in range(m.config.in_features) if j not in keep]
+    with torch.no_grad():
+        out.layers[0].weight[:, drop] = 0
+        for key, layer in out.skips.items():
+            if key.startswith("0_"):
+                layer.weight[:, drop] = 0
+    return out

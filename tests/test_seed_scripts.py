@@ -42,3 +42,40 @@ def test_target_seeds_gives_mean_and_sample_sd_per_target(tmp_path):
     (bad / "results.json").write_text(json.dumps(run))
     with pytest.raises(ValueError, match="do not share their targets"):
         seeds.main([folders[0], str(bad)])
+
+
+def test_epo_vs_linear_nested_hypervolumes_choose_on_validation():
+    """scripts/epo_vs_linear.py: the front of the first n preferences is chosen on validation, scored on test."""
+    import numpy as np
+
+    from hubedit.evaluation.protocol import MethodResult
+    from hubedit.metrics.pareto import hypervolume
+
+    epo = _script("epo_vs_linear")
+    val = [[0.10, 0.01], [0.05, 0.02], [0.06, 0.03]]  # run 2 is dominated on validation
+    test = [[0.10, 0.012], [0.05, 0.025], [0.01, 0.001]]  # ... though it would be best on test
+    m = MethodResult("EPO", "editor", ["a", "b", "c"], val, test, [0.8] * 3, [0.8] * 3)
+    got = epo.nested_hypervolumes(m, [0, 1, 2], "jsd", (1.0, 0.69), 1.0)
+    assert got[0] == pytest.approx(hypervolume([[0.10, 0.012]], ref=(1.0, 0.69)))
+    assert got[1] == pytest.approx(hypervolume([[0.10, 0.012], [0.05, 0.025]], ref=(1.0, 0.69)))
+    assert got[2] == pytest.approx(got[1])  # run 2 never chosen
+    assert np.all(np.diff(got) >= 0)
+
+
+def test_epo_vs_linear_runs_end_to_end(tmp_path, tiny_adult_zoo_dir):
+    epo = _script("epo_vs_linear")
+    out = tmp_path / "report"
+    args = ["--zoo", str(tiny_adult_zoo_dir), "--rhos", "0.3,3", "--steps", "2", "--max-models", "2",
+            "--editors", str(tmp_path / "editors"), "--out", str(out)]
+    epo.main(args)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["EPO", "Linear scalarisation"]
+    for axis in ("jsd", "disagreement", "error"):
+        for m in summary["methods"]:
+            assert len(summary["fronts"][axis]["nested"][m]) == 2
+    cfg = json.loads((tmp_path / "editors" / "epo-rho3" / "config.json").read_text())
+    assert cfg["preference"] == [1.0, 3.0] and cfg["training"]["scalarisation"] == "epo"
+    assert "EPO against linear scalarisation" in (out / "REPORT.md").read_text()
+    mtime = (tmp_path / "editors" / "linear-rho0.3" / "model.safetensors").stat().st_mtime
+    epo.main(args)  # resumes: the editors are found, not trained again
+    assert (tmp_path / "editors" / "linear-rho0.3" / "model.safetensors").stat().st_mtime == mtime

@@ -119,7 +119,12 @@ def build_editor_card(editor, *, repo_id: str | None = None, license: str | None
         ["mask temperature", s.get("temperature")],
         ["refit after the edit", "none" if s.get("refit") is None else
          f"layer-wise ridge refit to the original on its {(s.get('metanet') or {}).get('calibration')} calibration "
-         f"points, ridge {fmt(s['refit'])} (closed form; pruned weights and dropped features stay zero)"],
+         f"points, ridge {fmt(s['refit'])} (closed form; pruned weights and dropped features stay zero)"
+         + ("; per model the better of the editor's mask and the same per-layer counts re-chosen for the refit "
+            "(JSD on the calibration points)" if s.get("reselect") else "")
+         + (f"; at up to {s['greedy_features']} kept features, the features are chosen one at a time by the refit's "
+            "JSD to the original on the calibration points (greedy forward selection) instead of by the editor"
+            if s.get("greedy_features") else "")],
         ["trained on zoo", provenance_text(zoo, repo_type="dataset", link=True)],
         ["hubedit version", s.get("hubedit_version")],
     ]))

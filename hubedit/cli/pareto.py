@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: 7 log-spaced over each editor's range)")
     p.add_argument("--baselines", nargs="*", default=["all"], metavar="NAME",
                    help=f"baselines to run: 'all' (default), 'none', or keys ({keys_by_req})")
+    p.add_argument("--baselines-from", default=None, metavar="RESULTS_JSON",
+                   help="take every baseline from an earlier run's results.json (same zoo, models, seed and baseline "
+                        "options; checked) instead of running them: a new editor against baselines already run")
     p.add_argument("--max-models", type=int, default=None, metavar="N",
                    help="evaluate at most N validation and N test models (seeded subset; for quick runs)")
     p.add_argument("--prune-keeps", type=_floats, default=None, metavar="K1,K2,...",
@@ -84,7 +87,8 @@ def _pareto(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..editor import Editor
     from ..errors import ConfigError
-    from ..evaluation.protocol import FRONT_AXES, ProtocolConfig, run_protocol
+    from ..evaluation.protocol import (FRONT_AXES, ProtocolConfig, zoo_label, check_baselines_reusable,
+                                       run_protocol, with_baselines_of)
     from ..metrics.pareto import to_markdown
     from ..zoo import Zoo
 
@@ -94,6 +98,17 @@ def _pareto(args: argparse.Namespace) -> int:
         raise ConfigError("give --requirement when no --editor is evaluated (baselines only)")
     zoo = Zoo.open(args.zoo, revision=args.zoo_revision)
     editors = [Editor.from_pretrained(e, revision=args.editor_revision) for e in args.editor]
+    earlier = None
+    if args.baselines_from is not None:
+        from ..evaluation.protocol import ProtocolResult
+
+        if [b.lower() for b in args.baselines] != ["all"]:
+            raise ConfigError("--baselines-from takes every baseline of the earlier run; leave out --baselines")
+        try:
+            earlier = ProtocolResult.load(args.baselines_from)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--baselines-from {args.baselines_from}: not a hubedit pareto results.json ({exc})") from exc
+        args.baselines = ["none"]
     if [b.lower() for b in args.baselines] == ["all"]:
         baselines = "all"
     elif [b.lower() for b in args.baselines] in ([], ["none"]):
@@ -107,6 +122,11 @@ def _pareto(args: argparse.Namespace) -> int:
     )
     if args.prune_keeps:
         cfg.prune_keeps = args.prune_keeps
+    if earlier is not None:  # checked before any work: options and zoo (the models after the run)
+        try:
+            check_baselines_reusable(earlier, cfg.to_dict(), zoo_label(zoo))
+        except ValueError as exc:
+            raise ConfigError(f"--baselines-from {args.baselines_from}: {exc}") from exc
     try:
         result = run_protocol(zoo, args.requirement, editors, baselines=baselines, config=cfg,
                               progress=not args.no_progress)
@@ -114,6 +134,11 @@ def _pareto(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if not distributed.is_main_process():  # launched: rank 0 alone writes and prints
         return 0
+    if earlier is not None:
+        try:
+            result = with_baselines_of(result, earlier)
+        except ValueError as exc:
+            raise ConfigError(f"--baselines-from {args.baselines_from}: {exc}") from exc
     paths = result.save(args.out)
     print(f"{result.title}: {result.info['n_val_models']} validation / {result.info['n_test_models']} test models, "
           f"{result.info['seconds']:.1f} s")

@@ -14,6 +14,7 @@ from torch_geometric.data import Data
 from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
 from ..graph.encoding import INPUT
+from ..graph.groups import edge_graph_index
 from ..graph.refit import refit_values
 from ..metanet.model import EditOutput, GraphMetanetwork
 from ..requirements import Edit, Outcome, Requirement
@@ -75,14 +76,67 @@ def folded_values(data: Data, edit: Edit) -> tuple[torch.Tensor, torch.Tensor]:
     return ev, edit.node_values
 
 
-def refit_edit(data: Data, edit: Edit, x: torch.Tensor, ridge: float) -> Edit:
+def refit_edit(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *, reselect: bool = False) -> Edit:
     """The edit refit to the original models on ``x`` (:func:`hubedit.graph.refit.refit_values`): kept
-    weights and biases re-solved layer by layer; the masks stay, and every weight they drop comes out 0."""
+    weights and biases re-solved layer by layer; every weight the masks drop comes out 0.
+
+    With ``reselect`` (pruning only), each model gets the better of two refits, judged by its JSD to the
+    original on ``x`` itself: of the editor's mask, and of a mask with the same number of weights in every
+    layer re-chosen for the refit (``reselect`` of :func:`~hubedit.graph.refit.refit_values`). The editor
+    then decides how many weights each layer keeps; the refit may decide which."""
+    if reselect and (edit.edge_mask is None or edit.input_mask is not None):
+        raise ValueError("reselect re-chooses a pruning mask: it needs an edge mask and no input mask")
     keep = edit.edge_mask if edit.edge_mask is not None else torch.ones_like(edit.edge_values)
     if edit.input_mask is not None:
         keep = keep.reshape(-1) * input_edge_mask(data, edit.input_mask)
-    ev, nv = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge)
-    return Edit(edge_values=ev, node_values=nv, edge_mask=edit.edge_mask, input_mask=edit.input_mask)
+    ev, nv, _ = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge)
+    refit = Edit(edge_values=ev, node_values=nv, edge_mask=edit.edge_mask, input_mask=edit.input_mask)
+    if not reselect:
+        return refit
+    ev2, nv2, keep2 = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge, reselect=True)
+    other = Edit(edge_values=ev2, node_values=nv2, edge_mask=keep2.view_as(edit.edge_mask))
+    reference = functional_forward(data, x)
+    better = _jsd_on(data, other, x, reference) < _jsd_on(data, refit, x, reference)  # (M,)
+    on_edge = better.index_select(0, edge_graph_index(data)).view(-1, *([1] * (ev.dim() - 1)))
+    on_node = better.index_select(0, graph_index(data)).unsqueeze(1)
+    return Edit(edge_values=torch.where(on_edge, ev2, ev), node_values=torch.where(on_node, nv2, nv),
+                edge_mask=torch.where(on_edge.view(-1, *([1] * (edit.edge_mask.dim() - 1))), other.edge_mask,
+                                      edit.edge_mask))
+
+
+def _jsd_on(data: Data, edit: Edit, x: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    logits = functional_forward(data, x, edit.edge_values, edit.node_values, edge_mask=edit.edge_mask,
+                                input_mask=edit.input_mask)
+    return jsd_from_logits(reference_logits, logits).mean(dim=-1)
+
+
+def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, counts: torch.Tensor) -> torch.Tensor:
+    """``(M, F)`` input masks keeping ``counts[m]`` features of model ``m`` (0: none chosen, an all-zero row),
+    chosen one at a time: each step adds the feature whose addition gives the lowest JSD to the original on
+    ``x`` after the refit (:func:`refit_edit`). Forward selection wrapped around the refit, as FS & Retrain
+    would choose if it could retrain each candidate: ``F`` refits of the batch per step."""
+    if edit.input_mask is None:
+        raise ValueError("greedy feature selection needs a data-minimisation edit (an input mask)")
+    m, n_features = edit.input_mask.shape
+    counts = counts.reshape(-1).long().to(edit.input_mask.device)
+    if counts.shape != (m,) or bool((counts < 0).any()) or bool((counts > n_features).any()):
+        raise ValueError(f"expected {m} counts in [0, {n_features}], got {counts.tolist()}")
+    reference = functional_forward(data, x)
+    chosen = torch.zeros_like(edit.input_mask)
+    out = torch.zeros_like(edit.input_mask)
+    rows = torch.arange(m, device=chosen.device)
+    for step in range(1, int(counts.max()) + 1):
+        scores = torch.full_like(chosen, float("inf"))
+        for j in range(n_features):
+            if bool((chosen[:, j] > 0).all()):
+                continue
+            trial = chosen.clone()
+            trial[:, j] = 1
+            refit = refit_edit(data, Edit(edit.edge_values, edit.node_values, edit.edge_mask, trial), x, ridge)
+            scores[:, j] = torch.where(chosen[:, j] > 0, scores[:, j], _jsd_on(data, refit, x, reference).to(scores.dtype))
+        chosen[rows, scores.argmin(1)] = 1
+        out[counts == step] = chosen[counts == step]
+    return out
 
 
 def score(

@@ -27,8 +27,8 @@ from ..graph import batch_to_mlps, mlps_to_batch
 from ..metanet.model import GraphMetanetwork
 from ..mlp import MLP
 from ..mlp.module import check_header_tensors, read_safetensors_header
-from ..requirements import get_requirement
-from .editing import folded_values, refit_edit, run_edit
+from ..requirements import Edit, get_requirement
+from .editing import folded_values, greedy_input_masks, refit_edit, run_edit
 from .edited import EditedMLP
 
 WEIGHTS_NAME = "model.safetensors"
@@ -71,6 +71,14 @@ class Editor(
             are re-solved in closed form to reproduce the original model's pre-activations on the editor's
             calibration batch. Needs ``metanet["calibration"]``; pruning and data minimisation only (a refit
             to the original would undo a fairness edit). Not bound to the weights: an edit-time setting.
+        reselect: with ``refit``, pruning only: each model gets the better (JSD to the original on the calibration
+            batch) of the refit of the editor's mask and of the refit of a mask with the editor's number of weights
+            in every layer, re-chosen for the refit (:func:`hubedit.editor.editing.refit_edit`). An edit-time
+            setting, like ``refit``.
+        greedy_features: with ``refit``, data minimisation only: asked for at most this many features, the editor
+            keeps the features chosen one at a time by the refit's JSD to the original on the calibration batch
+            (:func:`hubedit.editor.editing.greedy_input_masks`) instead of its own; 0 (default) never. An
+            edit-time setting, chosen on validation models (``scripts/select_refit.py --greedy``).
     """
 
     def __init__(
@@ -91,6 +99,8 @@ class Editor(
         target_range: list[float] | None = None,
         preference: list[float] | None = None,
         refit: float | None = None,
+        reselect: bool = False,
+        greedy_features: int = 0,
     ):
         super().__init__()
         if sum(v is not None for v in (lam, lam_range, target_range, preference)) != 1:
@@ -143,6 +153,17 @@ class Editor(
             if not net_kwargs.get("calibration"):
                 raise ConfigError("refit needs the editor's calibration batch: set metanet calibration (points)")
             refit = float(refit)
+        if not isinstance(reselect, bool):
+            raise ConfigError(f"reselect must be true or false, got {reselect!r}")
+        if reselect and (refit is None or requirement != "prune"):
+            raise ConfigError(f"reselect re-chooses a pruning mask for the refit: it needs requirement 'prune' and a "
+                              f"refit, got requirement {requirement!r}, refit {refit!r}")
+        if isinstance(greedy_features, bool) or not isinstance(greedy_features, int) or greedy_features < 0:
+            raise ConfigError(f"greedy_features must be a whole number >= 0, got {greedy_features!r}")
+        if greedy_features and (refit is None or requirement != "minimise" or target_range is None):
+            raise ConfigError(f"greedy_features chooses input features by the refit: it needs requirement 'minimise', "
+                              f"a refit and a target_range (a number of features to keep), got requirement "
+                              f"{requirement!r}, refit {refit!r}, target_range {target_range!r}")
         self.metanet = GraphMetanetwork(**net_kwargs)
         if self.metanet.calibration_inputs is not None:  # a fixed, seeded draw from the task's editing split
             x_edit = load_task(task).split("editing")[0]
@@ -160,6 +181,8 @@ class Editor(
             "target_range": target_range,
             "preference": preference,
             "refit": refit,
+            "reselect": reselect,
+            "greedy_features": greedy_features,
             "feature_schema": schema,
             "metanet": dict(self.metanet.config),
             "temperature": float(temperature),
@@ -267,11 +290,11 @@ class Editor(
         dict so that DistributedDataParallel can find the output tensors."""
         return vars(self.metanet(data, cond=cond, with_logits=with_logits, keep=keep))
 
-    def with_refit(self, ridge: float | None) -> "Editor":
-        """A copy of this editor (same weights) that refits every edit with ``ridge`` (see ``refit`` in the
-        class docstring; ``None``: no refit). The refit is an edit-time setting, so a trained editor can take one;
-        ``scripts/select_refit.py`` picks the ridge on validation models."""
-        settings = {**self.settings, "refit": ridge}
+    def with_refit(self, ridge: float | None, *, reselect: bool = False, greedy_features: int = 0) -> "Editor":
+        """A copy of this editor (same weights) that refits every edit with ``ridge`` (see ``refit``,
+        ``reselect`` and ``greedy_features`` in the class docstring; ``None``: no refit). The refit is an edit-time
+        setting, so a trained editor can take one; ``scripts/select_refit.py`` picks it on validation models."""
+        settings = {**self.settings, "refit": ridge, "reselect": reselect, "greedy_features": greedy_features}
         other = type(self)(**settings)
         other.load_state_dict(self.state_dict())
         other.source = dict(self.source)
@@ -315,7 +338,13 @@ class Editor(
                            target=None if target_t is None else target_t.to(device), target_range=self.target_range)
         if self.settings["refit"] is not None:
             n_in = models[0].config.in_features
-            edit = refit_edit(batch, edit, self.metanet.calibration_inputs[:, :n_in], self.settings["refit"])
+            greedy = self.settings["greedy_features"]
+            if greedy and target_t is not None and float(target_t.max()) <= greedy:
+                counts = target_t.round().long().to(device)
+                edit = Edit(edit.edge_values, edit.node_values, edit.edge_mask, greedy_input_masks(
+                    batch, edit, self.metanet.calibration_inputs[:, :n_in], self.settings["refit"], counts))
+            edit = refit_edit(batch, edit, self.metanet.calibration_inputs[:, :n_in], self.settings["refit"],
+                              reselect=self.settings["reselect"])
         ev, nv = folded_values(batch, edit)
         written = batch_to_mlps(batch, ev, nv)
         seconds = (time.perf_counter() - start) / m
@@ -595,6 +624,8 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "target_range": (list, type(None)),
     "preference": (list, type(None)),
     "refit": (*_NUMBER, type(None)),
+    "reselect": (bool,),
+    "greedy_features": (int,),
     "feature_schema": (dict, type(None)),
     "metanet": (dict, type(None)),
     "temperature": _NUMBER,

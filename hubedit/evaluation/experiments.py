@@ -32,7 +32,7 @@ from .protocol import (
     ProtocolConfig,
     ProtocolResult,
     _subset,
-    _zoo_label,
+    zoo_label,
     editor_runs,
     kept_features,
     machine_info,
@@ -330,7 +330,7 @@ def run_composition(
                              "accuracy": float(acc.mean()), "dropped_stay_dropped": True, **b_stats})
     bar.close()
     info = {
-        "zoo": _zoo_label(zoo), "split": split, "data_split": data_split, "n_models": len(models),
+        "zoo": zoo_label(zoo), "split": split, "data_split": data_split, "n_models": len(models),
         "model_ids": [zs[i].model_id for i in idx],
         "dm_baseline": _DM_BASELINES.get(dm_baseline or "", None),
         "prune_baselines": [_PRUNE_BASELINES[n] for n in prune_names], "seed": seed, "subset_seed": subset_seed,

@@ -1632,7 +1632,7 @@ def run_protocol(
             original[f"{key}_label_jsd"] = float(label_jsd(sp.ref).mean())
 
         info = {
-            "zoo": _zoo_label(zoo),
+            "zoo": zoo_label(zoo),
             "zoo_source": dict(zoo.source),
             "zoo_info": {k: zoo.info.get(k) for k in ("preset", "seed", "n_configs") if k in zoo.info},
             "n_val_models": len(splits["validation"].models),
@@ -1664,7 +1664,41 @@ def run_protocol(
                           {n: TimingResult(**t) for n, t in tail["timing"].items()}, tail["timing_notes"], tail["info"])
 
 
-def _zoo_label(zoo) -> str:
+#: ProtocolConfig fields that do not change any baseline's result (how the work is run, what editors get).
+RUN_ONLY_FIELDS = ("workers", "timing_models", "edit_batch_size", "lambda_grid")
+
+
+def check_baselines_reusable(earlier: ProtocolResult, config: Mapping[str, Any], zoo: str | None) -> None:
+    """Raise ``ValueError`` unless ``earlier``'s baselines were run on the zoo labelled ``zoo`` (:func:`zoo_label`)
+    with the baseline options of ``config`` (a :meth:`ProtocolConfig.to_dict`; every field but
+    :data:`RUN_ONLY_FIELDS`)."""
+    if not earlier.baseline_methods:
+        raise ValueError("the earlier run has no baselines to reuse")
+    old = earlier.info.get("config") or {}
+    differ = sorted(k for k in set(config) | set(old) if k not in RUN_ONLY_FIELDS and config.get(k) != old.get(k))
+    if differ:
+        raise ValueError("the earlier run's baselines were run with other options: "
+                         + ", ".join(f"{k} {old.get(k)!r} there, {config.get(k)!r} here" for k in differ))
+    if zoo != earlier.info.get("zoo"):
+        raise ValueError(f"the earlier run evaluated zoo {earlier.info.get('zoo')!r}, this one {zoo!r}")
+
+
+def with_baselines_of(result: ProtocolResult, earlier: ProtocolResult) -> ProtocolResult:
+    """``result`` (a run of editors alone) with every baseline method of ``earlier``, an earlier run on the same zoo,
+    requirement, models and baseline options (checked: zoo, model ids and every :class:`ProtocolConfig` field but
+    :data:`RUN_ONLY_FIELDS`, the baselines' ``seed`` included). For evaluating a new editor against baselines that
+    were already run, without running them again; ``info["baselines_from"]`` records where they came from, and
+    their timing is the earlier run's."""
+    if result.baseline_methods:
+        raise ValueError(f"the run already has baselines ({', '.join(result.baseline_methods)}); run the editors alone")
+    check_baselines_reusable(earlier, result.info.get("config") or {}, result.info.get("zoo"))
+    merged = result.merged(earlier, earlier.baseline_methods)
+    merged.info["baselines_from"] = {"finished": earlier.info.get("finished"), "seconds": earlier.info.get("seconds"),
+                                     "methods": earlier.baseline_methods}
+    return merged
+
+
+def zoo_label(zoo) -> str:
     src = zoo.source or {}
     if "repo_id" in src:
         return f"{src['repo_id']}@{str(src.get('revision', ''))[:10]}"

@@ -30,7 +30,8 @@ def refit_values(
     keep: torch.Tensor,
     *,
     ridge: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    reselect: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Refit edited values of every model in ``data`` to its original on ``x`` ``(B, F)``.
 
     Args:
@@ -39,8 +40,14 @@ def refit_values(
         keep: per-weight keep mask (``E``), 0/1 forward (a straight-through mask while training); weights with
             ``keep = 0`` come out exactly 0.
 
+        reselect: before each layer's solve, re-choose *which* of its weights are kept -- the same number per
+            model and layer as ``keep`` has -- by ``|original weight| * |input activation|_2`` over ``x`` (the
+            Wanda score, Sun et al. 2023, on the edited model's own activations), so the mask suits the refit.
+            Not differentiable in the mask.
+
     Returns:
-        ``(edge_values, node_values)`` of the refit models (edge values with the mask folded in).
+        ``(edge_values, node_values, keep)`` of the refit models (edge values with the mask folded in; ``keep``
+        is the mask they meet, the given one unless ``reselect``).
     """
     if not ridge > 0:
         raise ValueError(f"expected ridge > 0, got {ridge}")
@@ -52,7 +59,7 @@ def refit_values(
     x = x.to(device=dev, dtype=dtype)
     eo_all = torch.tensor(edge_off[:-1], device=dev)
     no_all = torch.tensor(node_off[:-1], device=dev)
-    edge_idx, edge_new, node_idx, bias_new = [], [], [], []
+    edge_idx, edge_new, mask_new, node_idx, bias_new = [], [], [], [], []
     for cfg, gs in _group(configs).items():
         lay = graph_layout(cfg)
         gi = torch.tensor(gs, device=dev)
@@ -73,6 +80,8 @@ def refit_values(
             srcs = block.srcs
             inp = acts[srcs[0]] if len(srcs) == 1 else torch.cat([acts[s] for s in srcs], dim=-1)
             orig_inp = orig_acts[srcs[0]] if len(srcs) == 1 else torch.cat([orig_acts[s] for s in srcs], dim=-1)
+            if reselect:
+                m = _wanda_mask(orig_w, inp, m)
             target = torch.baddbmm(orig_nodes[..., COL_BIAS], orig_inp, orig_w.transpose(1, 2))
             weights = torch.cat([w, nodes[:, 0, :, COL_BIAS].unsqueeze(-1)], dim=-1)  # the solve masks the anchor
             mask = torch.cat([m, torch.ones(k, block.rows, 1, device=dev, dtype=dtype)], dim=-1)
@@ -80,13 +89,26 @@ def refit_values(
             new_w, new_b = solved[..., :-1], solved[..., -1]
             edge_idx.append(widx)
             edge_new.append(new_w.reshape(-1))
+            mask_new.append(m.reshape(-1))
             node_idx.append(nidx)
             bias_new.append(new_b.reshape(-1))
             if block.dst <= cfg.depth:
                 z = torch.baddbmm(new_b.unsqueeze(1), inp, new_w.transpose(1, 2))
                 acts.append(norm_and_activation(z, nodes, cfg))
                 orig_acts.append(norm_and_activation(target, orig_nodes, cfg))
-    out_ev = (ev * keep).index_copy(0, torch.cat(edge_idx), torch.cat(edge_new))
+    all_edges = torch.cat(edge_idx)
+    out_ev = (ev * keep).index_copy(0, all_edges, torch.cat(edge_new))
+    out_keep = keep.index_copy(0, all_edges, torch.cat(mask_new)) if reselect else keep
     bias = node_values[:, COL_BIAS].index_copy(0, torch.cat(node_idx), torch.cat(bias_new))
     out_nv = torch.cat([node_values[:, :COL_BIAS], bias.unsqueeze(1), node_values[:, COL_BIAS + 1:]], dim=1)
-    return out_ev.view_as(edge_values), out_nv
+    return out_ev.view_as(edge_values), out_nv, out_keep
+
+
+def _wanda_mask(weights: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """0/1 mask ``(k, rows, cols)`` of each model's ``keep.sum()`` highest ``|w_ij| * |x_j|_2`` in this block."""
+    k = weights.shape[0]
+    score = (weights.abs() * inputs.square().sum(1).sqrt().unsqueeze(1)).reshape(k, -1)
+    count = keep.detach().reshape(k, -1).sum(1).round().long()
+    order = score.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < count.unsqueeze(1)).to(keep.dtype).view_as(keep)
