@@ -56,7 +56,8 @@ def refit_section(selection: dict) -> str:
     targets = list(next(iter(table.values())))
     how = " with reselect" if selection.get("chosen_reselect") else ""
     if selection.get("chosen_greedy_features"):
-        how += f" and greedy feature selection up to {selection['chosen_greedy_features']} features"
+        how += (f" and greedy feature selection up to {selection['chosen_greedy_features']} features (the counts "
+                "where it is at least as good as the editor's own features there)")
     lines = [f"Chosen by `{selection['command']}`: ridge **{selection['chosen']:g}**{how}, the lowest mean JSD on "
              f"{selection['n_models']} of the zoo's validation models (task's validation split); 'none' is this "
              "editor without the refit.", "", "| ridge | " + " | ".join(targets) + " | mean |", "|" + "---|" * (len(targets) + 2)]

@@ -5,7 +5,8 @@ weights and biases are re-solved, layer by layer, so that every layer of every m
 pre-activations on ``x`` (the original being the graph's own values, ``data.edge_attr`` / ``data.x``).
 Models of one architecture are solved together (as in :func:`hubedit.graph.functional_forward`), and gradients
 flow into the edited values and into the keep mask, so an editor can be trained through its refit: training,
-validation and :meth:`hubedit.Editor.edit` use this one function. The per-model
+validation and :meth:`hubedit.Editor.edit` use this one function. With ``reselect`` it also re-chooses which
+weights each layer keeps (as many as the given mask keeps there), for the refit. The per-model
 :func:`hubedit.mlp.refit.refit` on ``MLP`` modules is the same computation (tested equal), used by the
 baselines.
 """
@@ -39,7 +40,6 @@ def refit_values(
         node_values: edited node values (``N x 5``): biases are refit, norm parameters kept.
         keep: per-weight keep mask (``E``), 0/1 forward (a straight-through mask while training); weights with
             ``keep = 0`` come out exactly 0.
-
         reselect: before each layer's solve, re-choose *which* of its weights are kept -- the same number per
             model and layer as ``keep`` has -- by ``|original weight| * |input activation|_2`` over ``x`` (the
             Wanda score, Sun et al. 2023, on the edited model's own activations), so the mask suits the refit.
