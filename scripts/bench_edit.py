@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also time Editor.edit / edit_many of this saved editor (a target-conditioned one at --target); "
                          "its calibration passes, masks and records included")
     ap.add_argument("--target", type=float, default=0.2, help="target of target-conditioned --editor runs")
+    ap.add_argument("--dm-target", type=float, default=None,
+                    help="kept features of target-conditioned data-minimisation --editor runs (default: mid-range)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,9 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         kw = {}
         if ed.target_range is not None:  # --target for pruning; the middle of the range for a feature count
             lo, hi = ed.target_range
-            kw["target"] = args.target if lo <= args.target <= hi else float(round((lo + hi) / 2))
+            kw["target"] = (args.target if lo <= args.target <= hi else
+                            args.dm_target if args.dm_target is not None else float(round((lo + hi) / 2)))
         extra = ", ".join(f"{k}={v}" for k, v in ed.metanet.config.items() if k in ("calibration", "calibration_rounds"))
-        name = f"Editor {Path(folder).name} ({extra or 'no calibration'})"
+        extra += "".join(f", {k}={ed.settings[k]}" for k in ("refit", "reselect", "greedy_features") if ed.settings.get(k))
+        extra += f", target={kw['target']:g}" if kw else ""
+        name = f"Editor {Path(folder).name} ({extra.lstrip(', ') or 'no calibration'})"
         editors[name] = lambda models, ed=ed, kw=kw: ed.edit_many(models, batch_size=args.batch_size, **kw)
     edits = {name: make_editor(net, fused) for name, (net, fused) in variants.items()} | editors
     for name, edit in edits.items():
