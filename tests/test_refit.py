@@ -81,6 +81,21 @@ def test_masked_ridge_equals_per_row_least_squares_in_numpy():
         np.testing.assert_allclose(got[j], expect, atol=1e-10)
 
 
+def test_masked_ridge_with_rows_alike_shares_one_system_and_gives_the_same_solution():
+    """Rows with one mask (dropped inputs, an unpruned layer) take the shared-system path: the same solution as
+    the per-row path (forced by a mask that needs a gradient), batched over models."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 200, 8, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 200, 6, generator=gen, dtype=torch.float64)
+    w0 = torch.randn(2, 6, 8, generator=gen, dtype=torch.float64)
+    cols = (torch.rand(2, 1, 8, generator=gen) < 0.6).double()
+    for mask in (cols.expand(2, 6, 8).contiguous(), torch.ones(2, 6, 8, dtype=torch.float64)):
+        shared = solve_masked_ridge(x, y, w0, mask, 0.1)
+        per_row = solve_masked_ridge(x, y, w0, mask.clone().requires_grad_(True), 0.1).detach()
+        assert torch.allclose(shared, per_row, atol=1e-10)
+        assert torch.all(shared[mask == 0] == 0)
+
+
 def test_refit_refuses_what_it_cannot_do():
     a, b = model(ARCHS[0], 0), model(ARCHS[1], 0)
     with pytest.raises(ValueError, match="one architecture"):
@@ -234,6 +249,8 @@ def test_greedy_feature_selection_takes_the_best_single_feature_and_the_editor_u
                            target=torch.full((4,), 3.0, dtype=torch.float64), target_range=dm.target_range)
         masks = greedy_input_masks(batch, edit, x_cal, 0.3, torch.tensor([0, 1, 2, 3]))
     assert masks.sum(1).tolist() == [0, 1, 2, 3]
+    with torch.no_grad():  # candidates refit a few at a time (the last group padded): the same choices
+        assert torch.equal(greedy_input_masks(batch, edit, x_cal, 0.3, torch.tensor([0, 1, 2, 3]), max_graphs=12), masks)
     losses = []
     for j in range(14):  # model 1 keeps one feature: the best single one
         dropped = deepcopy_model_without_inputs(models[1], keep=[j])

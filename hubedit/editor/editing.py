@@ -110,30 +110,44 @@ def _jsd_on(data: Data, edit: Edit, x: torch.Tensor, reference_logits: torch.Ten
     return jsd_from_logits(reference_logits, logits).mean(dim=-1)
 
 
-def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, counts: torch.Tensor) -> torch.Tensor:
+def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, counts: torch.Tensor, *,
+                       max_graphs: int = 256) -> torch.Tensor:
     """``(M, F)`` input masks keeping ``counts[m]`` features of model ``m`` (0: none chosen, an all-zero row),
     chosen one at a time: each step adds the feature whose addition gives the lowest JSD to the original on
     ``x`` after the refit (:func:`refit_edit`). Forward selection wrapped around the refit, as FS & Retrain
-    would choose if it could retrain each candidate: ``F`` refits of the batch per step."""
+    would choose if it could retrain each candidate: ``F`` refits per model and step, run as refits of a batch
+    holding the models once per candidate feature (at most ``max_graphs`` graphs at a time)."""
+    from torch_geometric.data import Batch
+
     if edit.input_mask is None:
         raise ValueError("greedy feature selection needs a data-minimisation edit (an input mask)")
     m, n_features = edit.input_mask.shape
     counts = counts.reshape(-1).long().to(edit.input_mask.device)
     if counts.shape != (m,) or bool((counts < 0).any()) or bool((counts > n_features).any()):
         raise ValueError(f"expected {m} counts in [0, {n_features}], got {counts.tolist()}")
-    reference = functional_forward(data, x)
+    per_batch = max(1, min(n_features, max_graphs // m))  # candidate features refit together
+    graphs = data.to_data_list() if isinstance(data, Batch) else [data]
+    copies = Batch.from_data_list(graphs * per_batch)
+    reference = functional_forward(data, x).repeat(per_batch, 1, 1)
+    values = Edit(edit.edge_values.repeat(per_batch, *([1] * (edit.edge_values.dim() - 1))),
+                  edit.node_values.repeat(per_batch, 1),
+                  None if edit.edge_mask is None else edit.edge_mask.repeat(per_batch, *([1] * (edit.edge_mask.dim() - 1))))
     chosen = torch.zeros_like(edit.input_mask)
     out = torch.zeros_like(edit.input_mask)
     rows = torch.arange(m, device=chosen.device)
     for step in range(1, int(counts.max()) + 1):
         scores = torch.full_like(chosen, float("inf"))
-        for j in range(n_features):
-            if bool((chosen[:, j] > 0).all()):
-                continue
-            trial = chosen.clone()
-            trial[:, j] = 1
-            refit = refit_edit(data, Edit(edit.edge_values, edit.node_values, edit.edge_mask, trial), x, ridge)
-            scores[:, j] = torch.where(chosen[:, j] > 0, scores[:, j], _jsd_on(data, refit, x, reference).to(scores.dtype))
+        for first in range(0, n_features, per_batch):
+            features = list(range(first, min(first + per_batch, n_features)))
+            features += features[-1:] * (per_batch - len(features))  # pad the last group (results unused)
+            trial = chosen.repeat(per_batch, 1).view(per_batch, m, n_features)
+            trial[torch.arange(per_batch), :, torch.tensor(features)] = 1
+            trial = trial.view(per_batch * m, n_features)
+            refit = refit_edit(copies, Edit(values.edge_values, values.node_values, values.edge_mask, trial), x, ridge)
+            jsd = _jsd_on(copies, refit, x, reference).view(per_batch, m).to(scores.dtype)
+            for c, j in enumerate(features[: min(per_batch, n_features - first)]):
+                scores[:, j] = jsd[c]
+        scores[chosen > 0] = float("inf")
         chosen[rows, scores.argmin(1)] = 1
         out[counts == step] = chosen[counts == step]
     return out
