@@ -129,9 +129,10 @@ def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, co
     graphs = data.to_data_list() if isinstance(data, Batch) else [data]
     copies = Batch.from_data_list(graphs * per_batch)
     reference = functional_forward(data, x).repeat(per_batch, 1, 1)
-    values = Edit(edit.edge_values.repeat(per_batch, *([1] * (edit.edge_values.dim() - 1))),
-                  edit.node_values.repeat(per_batch, 1),
-                  None if edit.edge_mask is None else edit.edge_mask.repeat(per_batch, *([1] * (edit.edge_mask.dim() - 1))))
+    def tiled(t: torch.Tensor | None) -> torch.Tensor | None:  # the values once per candidate in a group
+        return None if t is None else t.repeat(per_batch, *([1] * (t.dim() - 1)))
+
+    values = Edit(tiled(edit.edge_values), tiled(edit.node_values), tiled(edit.edge_mask))
     chosen = torch.zeros_like(edit.input_mask)
     out = torch.zeros_like(edit.input_mask)
     rows = torch.arange(m, device=chosen.device)

@@ -55,7 +55,8 @@ def solve_masked_ridge(inputs: torch.Tensor, targets: torch.Tensor, weights: tor
     eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
     if not mask.requires_grad and bool((m == m[..., :1, :]).all()):
         shared = m[..., 0, :]  # (..., K)
-        system = shared.unsqueeze(-1) * gram * shared.unsqueeze(-2) + eye * (alpha[..., 0] * shared + (1 - shared)).unsqueeze(-1)
+        diagonal = (alpha[..., 0] * shared + (1 - shared)).unsqueeze(-1)
+        system = shared.unsqueeze(-1) * gram * shared.unsqueeze(-2) + eye * diagonal
         return torch.linalg.solve(system, rhs.transpose(-1, -2)).transpose(-1, -2) * m
     # masked rows/columns of the gram plus the ridge; an identity where the weight is pruned (solution 0 there)
     system = m.unsqueeze(-1) * gram.unsqueeze(-3) * m.unsqueeze(-2) + eye * (alpha * m + (1 - m)).unsqueeze(-1)
