@@ -705,3 +705,29 @@ def test_target_conditioned_editors_are_evaluated_at_the_baselines_levels(zoo):
     assert res.to_dict()["info"]["editors"]["GMN - Prune & Edit (target-cond.)"][0]["target"] == 0.1
     back = ProtocolResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.methods["GMN - Prune & Edit (target-cond.)"].strengths == ["target=0.1", "target=0.5"]
+
+
+def test_above_majority_evaluates_only_the_checkpoints_that_beat_the_majority_class(zoo, monkeypatch):
+    """ProtocolConfig.above_majority: only the checkpoints whose accuracy on the editing split beats its majority
+    class are evaluated. In the tiny Adult zoo every test checkpoint does and no validation checkpoint does (they
+    are the early ones), which the protocol refuses with a message saying why; the selection is checked with the
+    bar raised to the test checkpoints' median."""
+    import numpy as np
+
+    from hubedit.evaluation import protocol
+
+    x, y, _ = zoo.task.split("editing")
+    bar = protocol.majority_accuracy(y.numpy())
+    acc = {}
+    for split in ("validation", "test"):
+        with torch.no_grad():
+            acc[split] = [float((ck.to_module().predict_proba(x).argmax(-1) == y).double().mean()) for ck in zoo[split]]
+        assert protocol._above_majority(zoo[split], zoo.task) == [i for i, a in enumerate(acc[split]) if a > bar]
+    assert min(acc["test"]) > bar >= max(acc["validation"])
+    with pytest.raises(ValueError, match="above_majority"):
+        run_protocol(zoo, "prune", [], baselines=["magnitude"], prune_keeps=(0.5,), timing_models=0,
+                     above_majority=True, progress=False)
+    median = float(np.median(acc["test"]))
+    monkeypatch.setattr(protocol, "majority_accuracy", lambda labels: median)
+    chosen = protocol._above_majority(zoo["test"], zoo.task)
+    assert chosen == [i for i, a in enumerate(acc["test"]) if a > median] and 0 < len(chosen) < len(acc["test"])

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines-from", default=None, metavar="RESULTS_JSON",
                    help="take every baseline from an earlier run's results.json (same zoo, models, seed and baseline "
                         "options; checked) instead of running them: a new editor against baselines already run")
+    p.add_argument("--above-majority", action="store_true",
+                   help="evaluate only the checkpoints whose accuracy on the task's editing split beats its majority "
+                        "class (before --max-models)")
     p.add_argument("--max-models", type=int, default=None, metavar="N",
                    help="evaluate at most N validation and N test models (seeded subset; for quick runs)")
     p.add_argument("--prune-keeps", type=_floats, default=None, metavar="K1,K2,...",
@@ -117,7 +120,7 @@ def _pareto(args: argparse.Namespace) -> int:
         baselines = list(args.baselines)
     cfg = ProtocolConfig(
         fs_retrain_epochs=args.fs_retrain_epochs, lottery_epochs=args.lottery_epochs, max_models=args.max_models,
-        timing_models=args.timing_models, seed=args.seed, workers=args.workers,
+        timing_models=args.timing_models, seed=args.seed, workers=args.workers, above_majority=args.above_majority,
         lambda_grid=tuple(v for part in args.lambda_grid for v in part) if args.lambda_grid else None, dm_n_keep=args.dm_n_keep, fs_retrain_n_keep=args.fs_retrain_n_keep,
     )
     if args.prune_keeps:

@@ -144,7 +144,10 @@ class ProtocolConfig:
     FS & Retrain, permutation importance, the randomised post-processors' labels) so that runs with different
     ``seed`` evaluate the same models and their spread is that of the methods, not of which models were drawn;
     configurations written before it existed load with ``subset_seed=0`` (their models, drawn with ``seed``, are
-    recorded in the result's ``val_model_ids`` / ``test_model_ids``).
+    recorded in the result's ``val_model_ids`` / ``test_model_ids``). ``above_majority`` evaluates only the zoo's
+    checkpoints whose own accuracy on the task's editing split beats that split's majority class (judged before
+    any edit and on data apart from the reported splits; drawn before ``max_models``): on a zoo whose weak
+    checkpoints pull the mean accuracy to a constant classifier's, the models worth editing.
     ``dm_n_keep`` (FS) defaults to all of ``1..F-1``; ``fs_retrain_n_keep`` (FS & Retrain) defaults to FS's counts
     (``dm_n_keep``), so that both baselines have a point at every feature count (give it to run fewer: retraining
     is the expensive baseline). ``fs_retrain_epochs`` is 100 as
@@ -175,6 +178,7 @@ class ProtocolConfig:
     workers: int = 1
     seed: int = 0
     subset_seed: int = 0
+    above_majority: bool = False
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -811,7 +815,12 @@ class ProtocolResult:
             f"the task's evaluation split ({i.get('n_val_points', '?')} points); test: {i.get('n_test_models', '?')} "
             f"models on the test split ({i.get('n_test_points', '?')} points). Baselines use the editing split "
             f"({i.get('n_editing_points', '?')} points)."
+            + (" Only checkpoints whose accuracy on the editing split beats its majority class are evaluated "
+               "(`above_majority`)." if (i.get("config") or {}).get("above_majority") else "")
         )
+        if "baselines_from" in i:
+            lines.append(f"The baselines' points are those of an earlier run (finished {i['baselines_from'].get('finished')}), "
+                         "on the same zoo, models, seed and options (`--baselines-from`).")
         if "original" in i:
             o = i["original"]
             lines.append(
@@ -1502,6 +1511,18 @@ def _subset(split, max_models: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[: int(max_models)].tolist())
 
 
+def _above_majority(split, task) -> list[int]:
+    """Indices of the checkpoints of ``split`` whose accuracy on the task's editing split beats its majority class."""
+    x, y, _ = task.split("editing")
+    bar = majority_accuracy(y.numpy())
+    keep = []
+    with torch.no_grad():
+        for i in range(len(split)):
+            if float((split[i].to_module().predict_proba(x).argmax(-1) == y).double().mean()) > bar:
+                keep.append(i)
+    return keep
+
+
 def _bar(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
@@ -1569,12 +1590,14 @@ def run_protocol(
     splits = {}
     for zname, dname in (("validation", "evaluation"), ("test", "test")):
         zs = zoo[zname]
-        idx = _subset(zs, cfg.max_models, cfg.subset_seed)
+        eligible = _above_majority(zs, task) if cfg.above_majority else list(range(len(zs)))
+        idx = [eligible[i] for i in _subset(eligible, cfg.max_models, cfg.subset_seed)]
         X, y, s = task.split(dname)
         splits[zname] = _Split(zname, [zs[i].to_module() for i in idx], [zs[i].model_id for i in idx], X, y, s)
     if not splits["test"].models or not splits["validation"].models:
         raise ValueError(f"the zoo needs validation and test models; got {len(splits['validation'].models)} and "
-                         f"{len(splits['test'].models)}")
+                         f"{len(splits['test'].models)}"
+                         + (" that beat the majority class on the editing split (above_majority)" if cfg.above_majority else ""))
 
     data_splits = {"validation": "evaluation", "test": "test"}
     work = _Work(requirement, task.name, runs, {b.name: b for b in _baselines(requirement, base_names, task, cfg)},
