@@ -90,8 +90,8 @@ def _pareto(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..editor import Editor
     from ..errors import ConfigError
-    from ..evaluation.protocol import (FRONT_AXES, ProtocolConfig, zoo_label, check_baselines_reusable,
-                                       run_protocol, with_baselines_of)
+    from ..evaluation.protocol import (FRONT_AXES, ProtocolConfig, ProtocolResult, check_baselines_reusable,
+                                       run_protocol, with_baselines_of, zoo_label)
     from ..metrics.pareto import to_markdown
     from ..zoo import Zoo
 
@@ -103,16 +103,15 @@ def _pareto(args: argparse.Namespace) -> int:
     editors = [Editor.from_pretrained(e, revision=args.editor_revision) for e in args.editor]
     earlier = None
     if args.baselines_from is not None:
-        from ..evaluation.protocol import ProtocolResult
-
         if [b.lower() for b in args.baselines] != ["all"]:
             raise ConfigError("--baselines-from takes every baseline of the earlier run; leave out --baselines")
         try:
             earlier = ProtocolResult.load(args.baselines_from)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"--baselines-from {args.baselines_from}: not a hubedit pareto results.json ({exc})") from exc
-        args.baselines = ["none"]
-    if [b.lower() for b in args.baselines] == ["all"]:
+    if earlier is not None:  # the editors alone; the baselines come from the earlier run
+        baselines = []
+    elif [b.lower() for b in args.baselines] == ["all"]:
         baselines = "all"
     elif [b.lower() for b in args.baselines] in ([], ["none"]):
         baselines = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
@@ -117,8 +117,6 @@ def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, co
     ``x`` after the refit (:func:`refit_edit`). Forward selection wrapped around the refit, as FS & Retrain
     would choose if it could retrain each candidate: ``F`` refits per model and step, run as refits of a batch
     holding the models once per candidate feature (at most ``max_graphs`` graphs at a time)."""
-    from torch_geometric.data import Batch
-
     if edit.input_mask is None:
         raise ValueError("greedy feature selection needs a data-minimisation edit (an input mask)")
     m, n_features = edit.input_mask.shape
@@ -193,8 +191,6 @@ def evaluate_edits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard edits of ``graphs``: per-model requirement metric and JSD on ``(x, y, sensitive)``; with ``refit``
     (a ridge) each edit is refit on the metanetwork's calibration batch first, as :meth:`Editor.edit` does."""
-    from torch_geometric.data import Batch
-
     metrics, jsds = [], []
     for i in range(0, len(graphs), chunk):
         batch = Batch.from_data_list(graphs[i : i + chunk])

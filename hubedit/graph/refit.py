@@ -82,6 +82,7 @@ def refit_values(
             orig_inp = orig_acts[srcs[0]] if len(srcs) == 1 else torch.cat([orig_acts[s] for s in srcs], dim=-1)
             if reselect:
                 m = _wanda_mask(orig_w, inp, m)
+                mask_new.append(m.reshape(-1))
             target = torch.baddbmm(orig_nodes[..., COL_BIAS], orig_inp, orig_w.transpose(1, 2))
             weights = torch.cat([w, nodes[:, 0, :, COL_BIAS].unsqueeze(-1)], dim=-1)  # the solve masks the anchor
             mask = torch.cat([m, torch.ones(k, block.rows, 1, device=dev, dtype=dtype)], dim=-1)
@@ -89,7 +90,6 @@ def refit_values(
             new_w, new_b = solved[..., :-1], solved[..., -1]
             edge_idx.append(widx)
             edge_new.append(new_w.reshape(-1))
-            mask_new.append(m.reshape(-1))
             node_idx.append(nidx)
             bias_new.append(new_b.reshape(-1))
             if block.dst <= cfg.depth:
