@@ -292,3 +292,38 @@ def deepcopy_model_without_inputs(m: MLP, keep: list[int]) -> MLP:
             if key.startswith("0_"):
                 layer.weight[:, drop] = 0
     return out
+
+
+def test_refit_variants_solved_together_equal_separate_refits_and_carry_their_logits():
+    """refit_variants(reselect=(False, True)) gives the two refit_values results of separate calls, each with the
+    logits a functional forward of its values gives, and the originals' logits; the refit_edit choice is the
+    variant with the lower JSD on those logits, model by model."""
+    from hubedit.editor.editing import Edit, _refit_and_jsd
+    from hubedit.graph import mlps_to_batch
+    from hubedit.graph.functional import functional_forward
+    from hubedit.graph.refit import refit_values, refit_variants
+    from hubedit.metrics.scores import jsd_from_logits
+
+    originals = [model(ARCHS[i % 4], 60 + i) for i in range(7)]  # mixed architectures, some shared
+    pruned = [baselines.magnitude_prune(m, 0.25) for m in originals]
+    batch, edited = mlps_to_batch(originals), mlps_to_batch(pruned)
+    keep = (edited.edge_attr.reshape(-1) != 0).double()
+    ev, nv = edited.edge_attr.reshape(-1).double(), edited.x.double()
+    x = inputs(150, 9)
+    variants, reference = refit_variants(batch, x, ev, nv, keep, ridge=0.05, reselect=(False, True))
+    originals_forward = functional_forward(batch, x.double(), batch.edge_attr.double(), batch.x.double())
+    torch.testing.assert_close(reference, originals_forward, rtol=1e-9, atol=1e-9)
+    for variant, reselect in zip(variants, (False, True)):
+        alone = refit_values(batch, x, ev, nv, keep, ridge=0.05, reselect=reselect)
+        for got, expect in zip(variant[:3], alone):
+            torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+        forward = functional_forward(batch, x.double(), variant.edge_values, variant.node_values,
+                                     edge_mask=variant.keep)
+        torch.testing.assert_close(variant.logits, forward, rtol=1e-8, atol=1e-8)
+    jsd = torch.stack([jsd_from_logits(reference, v.logits).mean(-1) for v in variants])
+    assert bool((jsd[1] < jsd[0]).any()) and bool((jsd[1] > jsd[0]).any())  # each variant wins somewhere here
+    chosen, best = _refit_and_jsd(batch, Edit(ev, nv, keep.clone()), x, 0.05, reselect=True)
+    torch.testing.assert_close(best, jsd.min(0).values, rtol=1e-9, atol=1e-12)
+    again = jsd_from_logits(reference, functional_forward(batch, x.double(), chosen.edge_values, chosen.node_values,
+                                                          edge_mask=chosen.edge_mask)).mean(-1)
+    torch.testing.assert_close(again, best, rtol=1e-7, atol=1e-10)

@@ -15,7 +15,7 @@ from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
 from ..graph.encoding import INPUT
 from ..graph.groups import edge_graph_index
-from ..graph.refit import refit_values
+from ..graph.refit import refit_variants
 from ..metanet.model import EditOutput, GraphMetanetwork
 from ..requirements import Edit, Outcome, Requirement
 from ..requirements.base import graph_index, num_graphs
@@ -84,30 +84,36 @@ def refit_edit(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *, reselec
     original on ``x`` itself: of the editor's mask, and of a mask with the same number of weights in every
     layer re-chosen for the refit (``reselect`` of :func:`~hubedit.graph.refit.refit_values`). The editor
     then decides how many weights each layer keeps; the refit may decide which."""
+    return _refit_and_jsd(data, edit, x, ridge, reselect=reselect)[0]
+
+
+def _refit_and_jsd(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *,
+                   reselect: bool = False) -> tuple[Edit, torch.Tensor]:
+    """:func:`refit_edit` and each refit model's mean JSD to its original on ``x`` ``(M,)`` (both refits of
+    ``reselect`` solved in one pass, :func:`~hubedit.graph.refit.refit_variants`, which also gives the logits)."""
     if reselect and (edit.edge_mask is None or edit.input_mask is not None):
         raise ValueError("reselect re-chooses a pruning mask: it needs an edge mask and no input mask")
     keep = edit.edge_mask if edit.edge_mask is not None else torch.ones_like(edit.edge_values)
     if edit.input_mask is not None:
         keep = keep.reshape(-1) * input_edge_mask(data, edit.input_mask)
-    ev, nv, _ = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge)
-    refit = Edit(edge_values=ev, node_values=nv, edge_mask=edit.edge_mask, input_mask=edit.input_mask)
+    variants, reference = refit_variants(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge,
+                                         reselect=(False, True) if reselect else (False,))
+    jsds = [jsd_from_logits(reference, v.logits).mean(dim=-1) for v in variants]
+    plain = variants[0]
+    refit = Edit(edge_values=plain.edge_values, node_values=plain.node_values, edge_mask=edit.edge_mask,
+                 input_mask=edit.input_mask)
     if not reselect:
-        return refit
-    ev2, nv2, keep2 = refit_values(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge, reselect=True)
-    other = Edit(edge_values=ev2, node_values=nv2, edge_mask=keep2.view_as(edit.edge_mask))
-    reference = functional_forward(data, x)
-    better = _jsd_on(data, other, x, reference) < _jsd_on(data, refit, x, reference)  # (M,)
+        return refit, jsds[0]
+    other = variants[1]
+    better = jsds[1] < jsds[0]  # (M,)
+    ev = plain.edge_values
     on_edge = better.index_select(0, edge_graph_index(data)).view(-1, *([1] * (ev.dim() - 1)))
     on_node = better.index_select(0, graph_index(data)).unsqueeze(1)
-    return Edit(edge_values=torch.where(on_edge, ev2, ev), node_values=torch.where(on_node, nv2, nv),
-                edge_mask=torch.where(on_edge.view(-1, *([1] * (edit.edge_mask.dim() - 1))), other.edge_mask,
-                                      edit.edge_mask))
-
-
-def _jsd_on(data: Data, edit: Edit, x: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
-    logits = functional_forward(data, x, edit.edge_values, edit.node_values, edge_mask=edit.edge_mask,
-                                input_mask=edit.input_mask)
-    return jsd_from_logits(reference_logits, logits).mean(dim=-1)
+    mask = other.keep.view_as(edit.edge_mask)
+    chosen = Edit(edge_values=torch.where(on_edge, other.edge_values, ev),
+                  node_values=torch.where(on_node, other.node_values, plain.node_values),
+                  edge_mask=torch.where(on_edge.view(-1, *([1] * (edit.edge_mask.dim() - 1))), mask, edit.edge_mask))
+    return chosen, torch.where(better, jsds[1], jsds[0])
 
 
 def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, counts: torch.Tensor, *,
@@ -126,7 +132,6 @@ def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, co
     per_batch = max(1, min(n_features, max_graphs // m))  # candidate features refit together
     graphs = data.to_data_list() if isinstance(data, Batch) else [data]
     copies = Batch.from_data_list(graphs * per_batch)
-    reference = functional_forward(data, x).repeat(per_batch, 1, 1)
     def tiled(t: torch.Tensor | None) -> torch.Tensor | None:  # the values once per candidate in a group
         return None if t is None else t.repeat(per_batch, *([1] * (t.dim() - 1)))
 
@@ -142,8 +147,9 @@ def greedy_input_masks(data: Data, edit: Edit, x: torch.Tensor, ridge: float, co
             trial = chosen.repeat(per_batch, 1).view(per_batch, m, n_features)
             trial[torch.arange(per_batch), :, torch.tensor(features)] = 1
             trial = trial.view(per_batch * m, n_features)
-            refit = refit_edit(copies, Edit(values.edge_values, values.node_values, values.edge_mask, trial), x, ridge)
-            jsd = _jsd_on(copies, refit, x, reference).view(per_batch, m).to(scores.dtype)
+            _, jsd = _refit_and_jsd(copies, Edit(values.edge_values, values.node_values, values.edge_mask, trial),
+                                    x, ridge)
+            jsd = jsd.view(per_batch, m).to(scores.dtype)
             for c, j in enumerate(features[: min(per_batch, n_features - first)]):
                 scores[:, j] = jsd[c]
         scores[chosen > 0] = float("inf")

@@ -22,7 +22,9 @@ from .encoding import COL_BIAS, COL_NORM_BIAS, COL_NORM_WEIGHT, COL_RUNNING_MEAN
 from .layout import graph_layout
 
 
-def _group(configs: list[MLPConfig]) -> dict[MLPConfig, list[int]]:
+def group_by_config(configs: list[MLPConfig]) -> dict[MLPConfig, list[int]]:
+    """Positions of the models of each config, in order of first appearance (models of one config are
+    evaluated together)."""
     groups: dict[MLPConfig, list[int]] = defaultdict(list)
     for g, c in enumerate(configs):
         groups[c].append(g)
@@ -96,7 +98,7 @@ def functional_forward(
     eo_all = torch.tensor(edge_off[:-1], device=dev)
     no_all = torch.tensor(node_off[:-1], device=dev)
     outs, order = [], []
-    for cfg, gs in _group(configs).items():
+    for cfg, gs in group_by_config(configs).items():
         lay = graph_layout(cfg)
         gi = torch.tensor(gs, device=dev)
         k = len(gs)

@@ -16,11 +16,23 @@ from __future__ import annotations
 import torch
 from torch_geometric.data import Data
 
+from typing import NamedTuple
+
 from ..mlp.refit import solve_masked_ridge
 from .build import graph_offsets
 from .encoding import COL_BIAS, NODE_FEATURES
-from .functional import _group, norm_and_activation
+from .functional import group_by_config, norm_and_activation
 from .layout import graph_layout
+
+
+class Refit(NamedTuple):
+    """One refit of every model: edge values (the mask folded in), node values, the keep mask they meet, and the
+    refit models' logits on the refit inputs ``(M, B, C)``."""
+
+    edge_values: torch.Tensor
+    node_values: torch.Tensor
+    keep: torch.Tensor
+    logits: torch.Tensor
 
 
 def refit_values(
@@ -49,8 +61,28 @@ def refit_values(
         ``(edge_values, node_values, keep)`` of the refit models (edge values with the mask folded in; ``keep``
         is the mask they meet, the given one unless ``reselect``).
     """
+    (out,), _ = refit_variants(data, x, edge_values, node_values, keep, ridge=ridge, reselect=(reselect,))
+    return out.edge_values, out.node_values, out.keep
+
+
+def refit_variants(
+    data: Data,
+    x: torch.Tensor,
+    edge_values: torch.Tensor,
+    node_values: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    ridge: float,
+    reselect: tuple[bool, ...] = (False,),
+) -> tuple[list[Refit], torch.Tensor]:
+    """:func:`refit_values` once per entry of ``reselect`` (e.g. ``(False, True)``: the given mask and the
+    re-chosen one), all variants of a model solved in the same batched calls, and the logits on ``x`` that come
+    with the layer-by-layer pass for free. Returns one :class:`Refit` per variant and the original models'
+    logits on ``x`` ``(M, B, C)``."""
     if not ridge > 0:
         raise ValueError(f"expected ridge > 0, got {ridge}")
+    if not reselect:
+        raise ValueError("expected at least one variant")
     configs, node_off, edge_off = graph_offsets(data)
     ev = edge_values.reshape(-1)
     keep = keep.reshape(-1).to(ev.dtype)
@@ -59,15 +91,21 @@ def refit_values(
     x = x.to(device=dev, dtype=dtype)
     eo_all = torch.tensor(edge_off[:-1], device=dev)
     no_all = torch.tensor(node_off[:-1], device=dev)
-    edge_idx, edge_new, mask_new, node_idx, bias_new = [], [], [], [], []
-    for cfg, gs in _group(configs).items():
+    v = len(reselect)
+    edge_idx, node_idx = [], []
+    edge_new, mask_new, bias_new = ([[] for _ in range(v)] for _ in range(3))
+    logit_idx, logits_new, orig_logits = [], [[] for _ in range(v)], []
+
+    def per_variant(t: torch.Tensor) -> torch.Tensor:  # (k, ...) -> (v * k, ...): variant-major
+        return t if v == 1 else t.repeat(v, *([1] * (t.dim() - 1)))
+
+    for cfg, gs in group_by_config(configs).items():
         lay = graph_layout(cfg)
         gi = torch.tensor(gs, device=dev)
         k = len(gs)
         eo, no = eo_all[gi].unsqueeze(1), no_all[gi].unsqueeze(1)
-        h0 = x.unsqueeze(0).expand(k, -1, -1)
-        ones = torch.ones(k, x.shape[0], 1, device=dev, dtype=dtype)
-        acts, orig_acts = [h0], [h0]
+        ones = torch.ones(v * k, x.shape[0], 1, device=dev, dtype=dtype)
+        acts, orig_acts = [x.unsqueeze(0).expand(v * k, -1, -1)], [x.unsqueeze(0).expand(k, -1, -1)]
         offs = lay.layer_offsets
         for block in lay.blocks:
             widx = (eo + block.start + torch.arange(block.size, device=dev)).reshape(-1)
@@ -80,28 +118,44 @@ def refit_values(
             srcs = block.srcs
             inp = acts[srcs[0]] if len(srcs) == 1 else torch.cat([acts[s] for s in srcs], dim=-1)
             orig_inp = orig_acts[srcs[0]] if len(srcs) == 1 else torch.cat([orig_acts[s] for s in srcs], dim=-1)
-            if reselect:
-                m = _wanda_mask(orig_w, inp, m)
-                mask_new.append(m.reshape(-1))
+            masks = [_wanda_mask(orig_w, inp[i * k:(i + 1) * k], m) if r else m for i, r in enumerate(reselect)]
+            m = masks[0] if v == 1 else torch.cat(masks)
             target = torch.baddbmm(orig_nodes[..., COL_BIAS], orig_inp, orig_w.transpose(1, 2))
             weights = torch.cat([w, nodes[:, 0, :, COL_BIAS].unsqueeze(-1)], dim=-1)  # the solve masks the anchor
-            mask = torch.cat([m, torch.ones(k, block.rows, 1, device=dev, dtype=dtype)], dim=-1)
-            solved = solve_masked_ridge(torch.cat([inp, ones], dim=-1), target, weights, mask, ridge).to(dtype)
+            mask = torch.cat([m, torch.ones(v * k, block.rows, 1, device=dev, dtype=dtype)], dim=-1)
+            solved = solve_masked_ridge(torch.cat([inp, ones], dim=-1), per_variant(target), per_variant(weights),
+                                        mask, ridge).to(dtype)
             new_w, new_b = solved[..., :-1], solved[..., -1]
             edge_idx.append(widx)
-            edge_new.append(new_w.reshape(-1))
             node_idx.append(nidx)
-            bias_new.append(new_b.reshape(-1))
+            for i in range(v):
+                edge_new[i].append(new_w[i * k:(i + 1) * k].reshape(-1))
+                bias_new[i].append(new_b[i * k:(i + 1) * k].reshape(-1))
+                if reselect[i]:
+                    mask_new[i].append(masks[i].reshape(-1))
+            z = torch.baddbmm(new_b.unsqueeze(1), inp, new_w.transpose(1, 2))
             if block.dst <= cfg.depth:
-                z = torch.baddbmm(new_b.unsqueeze(1), inp, new_w.transpose(1, 2))
-                acts.append(norm_and_activation(z, nodes, cfg))
+                acts.append(norm_and_activation(z, per_variant(nodes), cfg))
                 orig_acts.append(norm_and_activation(target, orig_nodes, cfg))
-    all_edges = torch.cat(edge_idx)
-    out_ev = (ev * keep).index_copy(0, all_edges, torch.cat(edge_new))
-    out_keep = keep.index_copy(0, all_edges, torch.cat(mask_new)) if reselect else keep
-    bias = node_values[:, COL_BIAS].index_copy(0, torch.cat(node_idx), torch.cat(bias_new))
-    out_nv = torch.cat([node_values[:, :COL_BIAS], bias.unsqueeze(1), node_values[:, COL_BIAS + 1:]], dim=1)
-    return out_ev.view_as(edge_values), out_nv, out_keep
+            else:  # the output layer: logits
+                logit_idx.append(gi)
+                orig_logits.append(target)
+                for i in range(v):
+                    logits_new[i].append(z[i * k:(i + 1) * k])
+    all_edges, all_nodes, order = torch.cat(edge_idx), torch.cat(node_idx), torch.cat(logit_idx)
+
+    def in_model_order(parts: list[torch.Tensor]) -> torch.Tensor:
+        cat = torch.cat(parts)
+        return torch.empty_like(cat).index_copy(0, order, cat)
+
+    out = []
+    for i in range(v):
+        out_ev = (ev * keep).index_copy(0, all_edges, torch.cat(edge_new[i]))
+        out_keep = keep.index_copy(0, all_edges, torch.cat(mask_new[i])) if reselect[i] else keep
+        bias = node_values[:, COL_BIAS].index_copy(0, all_nodes, torch.cat(bias_new[i]))
+        out_nv = torch.cat([node_values[:, :COL_BIAS], bias.unsqueeze(1), node_values[:, COL_BIAS + 1:]], dim=1)
+        out.append(Refit(out_ev.view_as(edge_values), out_nv, out_keep, in_model_order(logits_new[i])))
+    return out, in_model_order(orig_logits)
 
 
 def _wanda_mask(weights: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
