@@ -5,6 +5,9 @@ One step = what ``hubedit.train.loop`` does per step: batch 32 zoo-like models (
 the metanetwork with gradients, the requirement's straight-through masks, the edited models on 512 points
 (``functional_forward``), JSD + lambda * R, backward, gradient clipping and an AdamW step. Models are drawn
 from the zoo distribution (``scripts/bench_edit.py``'s sampler, Adult's 14 inputs), data are random inputs.
+This is one step function timed in this process, on models smaller than a real zoo's (mean 2681 weights; the
+``small`` Adult zoo's training models average 5901): ``scripts/bench_train_processes.py`` times ``hubedit
+train`` itself on a zoo, in one process and data parallel.
 
 Variants, timed in interleaved rounds (each round times every variant once, so that load from other processes
 hits all alike; the table gives medians):
