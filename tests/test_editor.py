@@ -302,3 +302,19 @@ def test_calibration_priors_start_the_editor_at_iterative_snip_and_permutation_i
     with pytest.raises(ConfigError, match="calibration_rounds"):
         Editor(requirement="minimise", task="adult", target_range=[1, 13],
                metanet={"hidden": 16, "layers": 2, "calibration": 64, "calibration_rounds": 2})
+
+
+def test_wrap_copies_unless_told_it_may_take_the_model():
+    torch.manual_seed(3)
+    model = MLP(MLPConfig(14, (8, 4), 2, norm="batchnorm")).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = EditedMLP.wrap(model, {"requirement": "prune"})
+    assert copied is not model and type(model) is MLP
+    assert all(a.data_ptr() != b.data_ptr()  # a copy shares no storage
+               for a, b in zip(copied.state_dict().values(), model.state_dict().values()) if a.numel())
+    taken = EditedMLP.wrap(model, {"requirement": "prune"}, copy=False)
+    assert taken is model and isinstance(taken, EditedMLP) and taken.record == {"requirement": "prune"}
+    for k, v in taken.state_dict().items():
+        assert torch.equal(v, state[k]) and torch.equal(copied.state_dict()[k], v), k
+    x = torch.randn(5, 14)
+    assert torch.equal(taken(x), copied(x))

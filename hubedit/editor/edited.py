@@ -20,7 +20,13 @@ class EditedMLP(MLP):
     record: dict[str, Any]
 
     @classmethod
-    def wrap(cls, model: MLP, record: dict[str, Any]) -> "EditedMLP":
+    def wrap(cls, model: MLP, record: dict[str, Any], *, copy: bool = True) -> "EditedMLP":
+        """An ``EditedMLP`` with ``model``'s weights and ``record``: a copy, or with ``copy=False`` (for a caller
+        that owns ``model`` and drops it) ``model`` itself, turned into one in place -- no second module is built."""
+        if not copy and type(model) in (MLP, cls):
+            model.__class__ = cls
+            model.record = record
+            return model.eval()
         edited = cls(model.config)
         edited.load_state_dict(model.state_dict())
         edited.record = record

@@ -366,7 +366,7 @@ class Editor(
                 "edit_seconds": seconds,
                 "hubedit_version": __version__,
             }
-            results.append(EditedMLP.wrap(new.cpu(), record))
+            results.append(EditedMLP.wrap(new.cpu(), record, copy=False))  # written back here: ours to keep
         return results
 
     def _edit_distributed(self, models, lam, batch_size, accelerator, target=None) -> list[EditedMLP]:
@@ -824,7 +824,7 @@ class EditorPipeline:
         record["composed"] = steps
         record["kept_features"] = kept
         record["requirement"] = "+".join(s["requirement"] for s in steps)
-        return EditedMLP.wrap(current, record)
+        return EditedMLP.wrap(current, record, copy=False)  # the last editor's fresh output
 
 
 def _zero_dropped_inputs(model: MLP, kept: list[int]) -> None:
