@@ -321,7 +321,8 @@ class Editor(
         self._lam_tensor(lam, 1)
         if accelerator is not None and accelerator.num_processes > 1:
             return self._edit_distributed(models, lam, batch_size, accelerator, target)
-        self.eval()
+        if self.training:  # a walk over every submodule: only when needed
+            self.eval()
         out: list[EditedMLP] = []
         for i in range(0, len(models), batch_size):
             out.extend(self._edit_batch(models[i : i + batch_size], lam, target))
