@@ -722,7 +722,11 @@ def test_above_majority_evaluates_only_the_checkpoints_that_beat_the_majority_cl
     for split in ("validation", "test"):
         with torch.no_grad():
             acc[split] = [float((ck.to_module().predict_proba(x).argmax(-1) == y).double().mean()) for ck in zoo[split]]
-        assert protocol._above_majority(zoo[split], zoo.task) == [i for i, a in enumerate(acc[split]) if a > bar]
+        kept = protocol._above_majority(zoo[split], zoo.task)
+        assert list(kept) == [i for i, a in enumerate(acc[split]) if a > bar]
+        for i, module in kept.items():  # the modules it loaded, handed on so that they are not loaded again
+            assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(),
+                                                          zoo[split][i].to_module().state_dict().values()))
     assert min(acc["test"]) > bar >= max(acc["validation"])
     with pytest.raises(ValueError, match="above_majority"):
         run_protocol(zoo, "prune", [], baselines=["magnitude"], prune_keeps=(0.5,), timing_models=0,
@@ -730,4 +734,4 @@ def test_above_majority_evaluates_only_the_checkpoints_that_beat_the_majority_cl
     median = float(np.median(acc["test"]))
     monkeypatch.setattr(protocol, "majority_accuracy", lambda labels: median)
     chosen = protocol._above_majority(zoo["test"], zoo.task)
-    assert chosen == [i for i, a in enumerate(acc["test"]) if a > median] and 0 < len(chosen) < len(acc["test"])
+    assert list(chosen) == [i for i, a in enumerate(acc["test"]) if a > median] and 0 < len(chosen) < len(acc["test"])

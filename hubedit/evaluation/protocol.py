@@ -1511,15 +1511,17 @@ def _subset(split, max_models: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[: int(max_models)].tolist())
 
 
-def _above_majority(split, task) -> list[int]:
-    """Indices of the checkpoints of ``split`` whose accuracy on the task's editing split beats its majority class."""
+def _above_majority(split, task) -> dict[int, Any]:
+    """The checkpoints of ``split`` whose accuracy on the task's editing split beats its majority class, as
+    ``{index: module}`` (the modules loaded for the check, so that they are not loaded again)."""
     x, y, _ = task.split("editing")
     bar = majority_accuracy(y.numpy())
-    keep = []
+    keep = {}
     with torch.no_grad():
         for i in range(len(split)):
-            if float((split[i].to_module().predict_proba(x).argmax(-1) == y).double().mean()) > bar:
-                keep.append(i)
+            module = split[i].to_module()
+            if float((module.predict_proba(x).argmax(-1) == y).double().mean()) > bar:
+                keep[i] = module
     return keep
 
 
@@ -1590,10 +1592,12 @@ def run_protocol(
     splits = {}
     for zname, dname in (("validation", "evaluation"), ("test", "test")):
         zs = zoo[zname]
-        eligible = _above_majority(zs, task) if cfg.above_majority else list(range(len(zs)))
+        loaded = _above_majority(zs, task) if cfg.above_majority else {}
+        eligible = list(loaded) if cfg.above_majority else list(range(len(zs)))
         idx = [eligible[i] for i in _subset(eligible, cfg.max_models, cfg.subset_seed)]
         X, y, s = task.split(dname)
-        splits[zname] = _Split(zname, [zs[i].to_module() for i in idx], [zs[i].model_id for i in idx], X, y, s)
+        modules = [loaded[i] if i in loaded else zs[i].to_module() for i in idx]
+        splits[zname] = _Split(zname, modules, [zs[i].model_id for i in idx], X, y, s)
     if not splits["test"].models or not splits["validation"].models:
         raise ValueError(f"the zoo needs validation and test models; got {len(splits['validation'].models)} and "
                          f"{len(splits['test'].models)}"
