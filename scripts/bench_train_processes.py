@@ -16,7 +16,10 @@ seconds per step are the difference of the two wall times over ``--extra``: star
 validations at step 0 and at the end cancel out. Variants alternate within each repetition so that other load
 hits all alike; the table gives medians over ``--repeats``.
 
+``--hidden / --layers / --edge-hidden`` time another editor size, ``--variants`` a subset of the three.
+
 Run:  python scripts/bench_train_processes.py --zoo runs/zoos/adult-small [--steps 10 --extra 60 --repeats 2]
+      python scripts/bench_train_processes.py --zoo runs/zoos/adult-small --hidden 32 --variants 1x2,N
 Needs an otherwise idle machine: the timings say more about other load than about training when there is some.
 """
 
@@ -38,24 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_MODELS = 32
 
 
-def train_command(zoo: str, out: Path, steps: int, models_per_step: int, seed: int) -> list[str]:
+def train_command(zoo: str, out: Path, steps: int, models_per_step: int, seed: int, size: list[str]) -> list[str]:
     return ["-m", "hubedit", "train", "--zoo", zoo, "--requirement", "prune", "--variant", "prune-edit",
             "--lambda", "0.03", "--out", str(out), "--steps", str(steps), "--eval-every", str(steps),
             "--models-per-step", str(models_per_step), "--points-per-step", "512", "--seed", str(seed),
-            "--no-progress"]
+            "--no-progress", *size]
 
 
-def run_variant(kind: tuple[str, int, int], zoo: str, out: Path, steps: int, seed: int) -> float:
-    """Wall seconds of one training run of ``kind = (label, processes, threads)``."""
+def run_variant(kind: tuple[str, int, int], zoo: str, out: Path, steps: int, seed: int, size: list[str]) -> float:
+    """Wall seconds of one training run of ``kind = (label, processes, threads)``; ``size``: metanetwork options."""
     _, processes, threads = kind
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     if processes == 1:
-        cmd = [sys.executable, *train_command(zoo, out, steps, GLOBAL_MODELS, seed)]
+        cmd = [sys.executable, *train_command(zoo, out, steps, GLOBAL_MODELS, seed, size)]
     else:
         cmd = [accelerate_executable(), "launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               *train_command(zoo, out, steps, GLOBAL_MODELS // processes, seed)]
+               *train_command(zoo, out, steps, GLOBAL_MODELS // processes, seed, size)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -77,11 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: hubedit train's, 64)")
+    ap.add_argument("--layers", type=int, default=None, help="metanetwork layers (default: hubedit train's, 4)")
+    ap.add_argument("--edge-hidden", type=int, default=None, help="edge width (default: hidden // 2)")
+    ap.add_argument("--variants", default="1x1,1x2,N", help="which of 1 process x 1 thread, x 2 threads, N processes")
     args = ap.parse_args(argv)
+    size = [arg for name, value in (("--hidden", args.hidden), ("--layers", args.layers),
+                                    ("--edge-hidden", args.edge_hidden)) if value is not None for arg in (name, str(value))]
     if GLOBAL_MODELS % args.processes:
         ap.error(f"--processes must divide {GLOBAL_MODELS}, got {args.processes}")
-    kinds = [("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2),
-             (f"accelerate, {args.processes} processes x 1 thread", args.processes, 1)]
+    every = {"1x1": ("1 process, 1 thread", 1, 1), "1x2": ("1 process, 2 threads", 1, 2),
+             "N": (f"accelerate, {args.processes} processes x 1 thread", args.processes, 1)}
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not wanted or any(v not in every for v in wanted):
+        ap.error(f"--variants takes a comma-separated subset of {', '.join(every)}, got {args.variants!r}")
+    kinds = [every[v] for v in wanted]
     per_step: dict[str, list[float]] = {k[0]: [] for k in kinds}
     losses: dict[str, float] = {}
     load0 = os.getloadavg()[0]
@@ -91,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                 walls = []
                 for steps in (args.steps, args.steps + args.extra):
                     out = Path(tmp) / f"{len(list(Path(tmp).iterdir()))}"
-                    walls.append(run_variant(kind, args.zoo, out, steps, args.seed))
+                    walls.append(run_variant(kind, args.zoo, out, steps, args.seed, size))
                 per_step[kind[0]].append((walls[1] - walls[0]) / args.extra)
                 losses[kind[0]] = last_loss(out)
     print(f"python {' '.join(sys.argv)}")
     print(f"{os.cpu_count()} CPUs, load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}; zoo {args.zoo}")
-    print(f"default editor (hidden 64, 4 layers), global batch {GLOBAL_MODELS} models x 512 points per step; "
+    print(f"editor: {' '.join(size) or 'the default (hidden 64, 4 layers, edge width 32)'}; global batch {GLOBAL_MODELS} models x 512 points per step; "
           f"s/step = (wall of {args.steps + args.extra} steps - wall of {args.steps}) / {args.extra}, median of "
           f"{args.repeats}\n")
     print(f"| variant | s/step | steps/s | speed-up | loss at step {args.steps + args.extra} |")
