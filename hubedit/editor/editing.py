@@ -84,13 +84,14 @@ def refit_edit(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *, reselec
     original on ``x`` itself: of the editor's mask, and of a mask with the same number of weights in every
     layer re-chosen for the refit (``reselect`` of :func:`~hubedit.graph.refit.refit_values`). The editor
     then decides how many weights each layer keeps; the refit may decide which."""
-    return _refit_and_jsd(data, edit, x, ridge, reselect=reselect)[0]
+    return _refit_and_jsd(data, edit, x, ridge, reselect=reselect, score=False)[0]
 
 
-def _refit_and_jsd(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *,
-                   reselect: bool = False) -> tuple[Edit, torch.Tensor]:
+def _refit_and_jsd(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *, reselect: bool = False,
+                   score: bool = True) -> tuple[Edit, torch.Tensor | None]:
     """:func:`refit_edit` and each refit model's mean JSD to its original on ``x`` ``(M,)`` (both refits of
-    ``reselect`` solved in one pass, :func:`~hubedit.graph.refit.refit_variants`, which also gives the logits)."""
+    ``reselect`` solved in one pass, :func:`~hubedit.graph.refit.refit_variants`, which also gives the logits);
+    with ``score=False`` and no ``reselect`` the JSD is not computed (None)."""
     if reselect and (edit.edge_mask is None or edit.input_mask is not None):
         raise ValueError("reselect re-chooses a pruning mask: it needs an edge mask and no input mask")
     keep = edit.edge_mask if edit.edge_mask is not None else torch.ones_like(edit.edge_values)
@@ -98,12 +99,12 @@ def _refit_and_jsd(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *,
         keep = keep.reshape(-1) * input_edge_mask(data, edit.input_mask)
     variants, reference = refit_variants(data, x, edit.edge_values, edit.node_values, keep, ridge=ridge,
                                          reselect=(False, True) if reselect else (False,))
-    jsds = [jsd_from_logits(reference, v.logits).mean(dim=-1) for v in variants]
     plain = variants[0]
     refit = Edit(edge_values=plain.edge_values, node_values=plain.node_values, edge_mask=edit.edge_mask,
                  input_mask=edit.input_mask)
     if not reselect:
-        return refit, jsds[0]
+        return refit, jsd_from_logits(reference, plain.logits).mean(dim=-1) if score else None
+    jsds = [jsd_from_logits(reference, v.logits).mean(dim=-1) for v in variants]
     other = variants[1]
     better = jsds[1] < jsds[0]  # (M,)
     ev = plain.edge_values

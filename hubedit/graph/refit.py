@@ -13,10 +13,10 @@ baselines.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch_geometric.data import Data
-
-from typing import NamedTuple
 
 from ..mlp.refit import solve_masked_ridge
 from .build import graph_offsets
