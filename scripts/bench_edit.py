@@ -11,10 +11,13 @@ sampled architectures, "same" a batch of median-size models.
 
 Variants are timed in interleaved rounds (each round times every variant once), so that load from other
 processes on a shared machine hits all of them alike; the table gives medians over rounds.
-"unfused" is the plain autograd-path forward run without gradients: the implementation before the
-fused, chunked inference path was added (for a before/after comparison in one run).
+Paths: "kernel" is the default inference path, with each layer's per-edge work in the C++ kernel of
+``hubedit.metanet.edge_kernel`` ("fused" where it is not built); "fused" is the chunked torch loop it replaced
+(``--torch-loop``); "unfused" the plain autograd-path forward run without gradients, the implementation before
+the chunked path (``--unfused``): before / after comparisons in one run.
 
     python scripts/bench_edit.py                       # default metanetwork (hidden 64, edge 32, 4 layers)
+    python scripts/bench_edit.py --torch-loop --threads 1
     python scripts/bench_edit.py --edge-hidden 32 64 --activation relu silu --unfused
 """
 
@@ -31,7 +34,7 @@ from collections.abc import Callable
 import torch
 
 from hubedit.graph import batch_to_mlps, mlps_to_batch
-from hubedit.metanet import GraphMetanetwork
+from hubedit.metanet import GraphMetanetwork, edge_kernel
 from hubedit.mlp import ACTIVATIONS, MLP, NORMS, MLPConfig
 
 
@@ -73,9 +76,14 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, warmu
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def make_editor(net: GraphMetanetwork, fused: bool) -> Callable[[list[MLP]], list[MLP]]:
-    if fused:
-        return net.edit
+def make_editor(net: GraphMetanetwork, path: str) -> Callable[[list[MLP]], list[MLP]]:
+    if path in ("kernel", "fused"):
+        def edit(models: list[MLP]) -> list[MLP]:
+            for layer in net.layers:
+                layer.edge_kernel = path == "kernel"
+            return net.edit(models)
+
+        return edit
 
     @torch.no_grad()
     def edit_unfused(models: list[MLP]) -> list[MLP]:
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--edge-hidden", type=int, nargs="*", default=None, help="edge widths to compare (default: the default)")
     ap.add_argument("--activation", nargs="*", default=None, help="metanetwork activations to compare (default: the default)")
     ap.add_argument("--unfused", action="store_true", help="also time the plain (pre-optimisation) forward path")
+    ap.add_argument("--torch-loop", action="store_true", help="also time the chunked torch loop the edge kernel replaced")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=30, help="timing rounds for the single-model figures")
     ap.add_argument("--batch-rounds", type=int, default=10, help="timing rounds for the batched figures")
@@ -122,15 +131,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mixed batch: {args.batch_size} sampled architectures, mean "
           f"{sum(n_weights(m.config) for m in mixed) / len(mixed):.0f} weights per model")
 
-    variants: dict[str, tuple[GraphMetanetwork, bool]] = {}
+    variants: dict[str, tuple[GraphMetanetwork, str]] = {}
     for de in args.edge_hidden or [None]:
         for act in args.activation or [None]:
             kw = {k: v for k, v in (("edge_hidden", de), ("activation", act)) if v is not None}
             net = GraphMetanetwork(args.hidden, args.layers, max_in=14, max_out=2, **kw).eval()
             name = f"{args.hidden:>6} {net.config['edge_hidden']:>4} {args.layers:>6} {net.config['activation']:>10}"
-            variants[name + f" {'fused':>7}"] = (net, True)
+            width_ok = edge_kernel.supports(torch.empty(1, net.config["edge_hidden"]), net.config["activation"])
+            variants[name + f" {'kernel' if width_ok else 'fused':>7}"] = (net, "kernel")
+            if args.torch_loop and width_ok:
+                variants[name + f" {'fused':>7}"] = (net, "fused")
             if args.unfused:
-                variants[name + f" {'unfused':>7}"] = (net, False)
+                variants[name + f" {'unfused':>7}"] = (net, "unfused")
 
     single_fns, same_fns, mixed_fns, parts = {}, {}, {}, {}
     editors = {}
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         extra += f", target={kw['target']:g}" if kw else ""
         name = f"Editor {Path(folder).name} ({extra.lstrip(', ') or 'no calibration'})"
         editors[name] = lambda models, ed=ed, kw=kw: ed.edit_many(models, batch_size=args.batch_size, **kw)
-    edits = {name: make_editor(net, fused) for name, (net, fused) in variants.items()} | editors
+    edits = {name: make_editor(net, path) for name, (net, path) in variants.items()} | editors
     for name, edit in edits.items():
         single_fns[name] = lambda edit=edit: edit([single])
         same_fns[name] = lambda edit=edit: edit(same)
@@ -158,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         t_same = interleaved_medians(same_fns, args.batch_rounds, warmup=1)
         t_mixed = interleaved_medians(mixed_fns, args.batch_rounds, warmup=1)
         # where the time of the mixed batch goes, for the first variant
-        net, fused = next(iter(variants.values()))
+        net, _ = next(iter(variants.values()))
+        for layer in net.layers:
+            layer.edge_kernel = True
         bm = mlps_to_batch(mixed)
         om = net(bm, with_logits=False)
         parts = interleaved_medians(

@@ -14,7 +14,8 @@ and gathered to the edges; the second linear map of a message MLP commutes with 
 neighbours, so it runs on the (far fewer) nodes: ``sum_i (W z_i + b) = W (sum_i z_i) + deg * b``.
 Per-edge tensors are kept contiguous and activations work in place where autograd allows, because the
 per-edge work (``E`` is 20-30 times ``N`` for MLPs) dominates the cost; without autograd,
-:meth:`BidirectionalLayer.forward_fused` streams the edges in cache-sized chunks. Only sums, gathers and
+:meth:`BidirectionalLayer.forward_fused` streams the edges in cache-sized chunks (or runs the C++ kernel of
+:mod:`.edge_kernel`, where it is built). Only sums, gathers and
 per-row maps are used, so the layer is equivariant to any permutation of nodes that preserves the
 encodings.
 """
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import edge_kernel
 from .edge_pass import SUPPORTED_ACTIVATIONS, edge_pass
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
@@ -84,6 +86,9 @@ class BidirectionalLayer(nn.Module):
         # with gradients: the per-edge work as one chunked autograd function (relu / leaky_relu, no edge
         # norm); False runs plain autograd (the same maths, for comparison: scripts/bench_train.py)
         self.chunked_backward = True
+        # without gradients: the per-edge work in one C++ kernel where it is built (:mod:`.edge_kernel`);
+        # False runs the chunked torch loop (the same maths, for comparison: scripts/bench_edit.py)
+        self.edge_kernel = True
 
     # message passing in three steps, in the spirit of torch_geometric's MessagePassing
     def message(
@@ -153,10 +158,7 @@ class BidirectionalLayer(nn.Module):
             e, p_f, p_s, p_d, p_b, self.fwd_e.weight.t(), self.edge_e.weight.t(), self.bwd_e.weight.t(),
             self.edge_out.weight.t(), src, dst, self.activation,
         )
-        fwd = torch.addmm(deg_in.unsqueeze(1) * self.fwd_out.bias, fwd, self.fwd_out.weight.t())
-        bwd = torch.addmm(deg_out.unsqueeze(1) * self.bwd_out.bias, bwd, self.bwd_out.weight.t())
-        h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=1)))
-        return h, e_new
+        return self._node_update(h, fwd, bwd, deg_in, deg_out), e_new
 
     @torch.no_grad()
     def forward_fused(
@@ -183,6 +185,9 @@ class BidirectionalLayer(nn.Module):
         p_d = F.linear(h, self.edge_dst.weight)
         p_b = F.linear(h, self.bwd_dst.weight, self.bwd_e.bias)
         w_f, w_e, w_b, w_o = (m.weight.t() for m in (self.fwd_e, self.edge_e, self.bwd_e, self.edge_out))
+        if self.edge_kernel and isinstance(self.edge_norm, nn.Identity) and edge_kernel.supports(e, act):
+            fwd, bwd = edge_kernel.edge_layer_forward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, act, head)
+            return self._node_update(h, fwd, bwd, deg_in, deg_out)
         fwd = h.new_zeros(n_nodes, k)
         bwd = h.new_zeros(n_nodes, k)
         for s, t in work.chunks(e.shape[0]):
@@ -198,6 +203,10 @@ class BidirectionalLayer(nn.Module):
                 ec.copy_(self.edge_norm(ec))
             if head is not None:
                 head[1][s:t].addmv_(ec, head[0])
+        return self._node_update(h, fwd, bwd, deg_in, deg_out)
+
+    def _node_update(self, h, fwd, bwd, deg_in, deg_out) -> torch.Tensor:
+        """The messages' output maps on the summed hidden activations, then the residual node update."""
         fwd = torch.addmm(deg_in.unsqueeze(1) * self.fwd_out.bias, fwd, self.fwd_out.weight.t())
         bwd = torch.addmm(deg_out.unsqueeze(1) * self.bwd_out.bias, bwd, self.bwd_out.weight.t())
         return self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=1)))

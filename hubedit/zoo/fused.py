@@ -15,7 +15,7 @@ trainer uses it wherever it is built; the custom op is what the torch formulatio
 
 The sources are compiled once per machine with the system C++ compiler (the one ``torch.compile`` needs
 anyway; GCC or Clang with C++20, x86-64 Linux with glibc's libmvec) into ``$HUBEDIT_KERNEL_CACHE``
-(default ``~/.cache/hubedit/kernels``), loaded with ``ctypes`` and exposed as the torch custom op
+(default ``~/.cache/hubedit/kernels``; :mod:`hubedit.native`), loaded with ``ctypes`` and exposed as the torch custom op
 ``hubedit::group_layer`` with its autograd formula, so it runs eagerly and inside compiled graphs alike.
 :func:`available` is False where no compiler is found or the build fails (with a warning saying why); the
 trainer then uses its torch formulation (the reference the kernels are tested against).
@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from .. import native
+from ..native import compiler as _compiler  # a module global, so that tests can replace it
 
 _KERNELS = Path(__file__).with_name("kernels")
 #: compiled and linked into one library; the header is part of the cache key
@@ -44,10 +42,7 @@ HEADERS = (_KERNELS / "layer_kernels.h",)
 #: earlier ones), so MAX_BLOCKS = MAX_LAYERS is never the binding limit.
 MAX_LAYERS = 8
 MAX_BLOCKS = 8
-#: compile flags: vectorised loops (libmvec's expf / erff / tanhf need -ffast-math); the shared library
-#: is linked without -ffast-math so that loading it does not switch the process to flush-to-zero
-_COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++20"]
-_LINK = ["-shared", "-lmvec", "-lm"]
+_LINK = ["-lmvec", "-lm"]
 
 NORM_CODES = {"none": 0, "batchnorm": 1, "layernorm": 2}
 ACT_CODES = {"relu": 0, "leaky_relu": 1, "gelu": 2, "silu": 3, "tanh": 4, "sigmoid": 5}
@@ -60,53 +55,15 @@ def stores_slope(activations) -> bool:
     return any(ACT_CODES[a] >= 2 for a in activations)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HUBEDIT_KERNEL_CACHE") or Path.home() / ".cache" / "hubedit" / "kernels")
-
-
-def _compiler() -> str | None:
-    return next((shutil.which(c) for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
-
-
-def _cpu_flags() -> bytes:
-    """This CPU's feature flags (``-march=native`` code is only valid where they are the same)."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith(b"flags")), b"")
-    except OSError:
-        return b""
-
-
-def _build(cxx: str) -> Path:
-    """Compile the kernels (once per source, compiler, flags and CPU) and return the shared library's path.
-    Written to a temporary name and renamed, so concurrent build workers never load a half-written file."""
-    ident = [*(f.read_bytes() for f in SOURCES + HEADERS), cxx.encode(), " ".join(_COMPILE + _LINK).encode(), _cpu_flags()]
-    key = hashlib.sha256(b"\0".join(ident)).hexdigest()[:16]
-    lib = _cache_dir() / f"group_layer-{key}.so"
-    if lib.exists():
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-        objs = [str(Path(tmp) / f"{src.stem}.o") for src in SOURCES]
-        out = Path(tmp) / "group_layer.so"
-        cmds = [[cxx, *_COMPILE, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs)]
-        for cmd in cmds + [[cxx, *objs, "-o", str(out), *_LINK]]:
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            if run.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
-        os.replace(out, lib)
-    return lib
-
-
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("HUBEDIT_FUSED_KERNELS", "1") == "0":
+    if not native.enabled():
         return None
     cxx = _compiler()
     if cxx is None:
         return None
     try:
-        lib = ctypes.CDLL(str(_build(cxx)))
+        lib = native.load("group_layer", cxx, SOURCES, HEADERS, _LINK)
     except (OSError, RuntimeError) as exc:
         warnings.warn(f"fused trainer kernels unavailable, using torch ops instead: {exc}")
         return None

@@ -1,0 +1,109 @@
+"""The per-edge work of :meth:`BidirectionalLayer.forward_fused` as one C++ kernel (``kernels/edge_layer.cpp``).
+
+At inference the chunked torch loop of ``forward_fused`` makes about ten kernel calls per chunk of edges
+(gathers, three products, activations, scatter-adds, the output map, the edit head), each streaming an
+``E x k`` temporary through memory. The kernel does a tile of edges at a time in registers: the three first
+maps as one product into accumulators that start at the gathered node terms, then the activation, both
+scatter-adds, the output map and the edit head, and splits the edges over ``torch.get_num_threads()``
+threads. Same maths (equal to float rounding, ``tests/test_metanet.py``); ``scripts/bench_edit.py --no-kernel``
+times the torch loop beside it. Used for float32 CPU tensors, edge widths 16 / 32 / 64 and relu or leaky
+relu; anything else (and ``HUBEDIT_FUSED_KERNELS=0``, or no C++ compiler) runs the torch loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from .. import native
+from ..native import compiler as _compiler  # a module global, so that tests can replace it
+
+SOURCES = (Path(__file__).with_name("kernels") / "edge_layer.cpp",)
+#: edge widths the kernel is compiled for
+WIDTHS = (16, 32, 64)
+ACT_CODES = {"relu": 0, "leaky_relu": 1}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if not native.enabled():
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        return None
+    try:
+        lib = native.load("edge_layer", cxx, SOURCES, link=["-pthread"])
+    except (OSError, RuntimeError) as exc:
+        warnings.warn(f"fused metanetwork edge kernel unavailable, using torch ops instead: {exc}")
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.hubedit_edge_layer_forward.argtypes = [i64] * 4 + [p] * 13 + [i64]
+    lib.hubedit_edge_layer_forward.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel is built and loaded here (``HUBEDIT_FUSED_KERNELS=0`` turns it off)."""
+    return _library() is not None
+
+
+def supports(e: torch.Tensor, activation: str) -> bool:
+    """Whether :func:`edge_layer_forward` handles edge representations ``e`` with this activation."""
+    return (e.device.type == "cpu" and e.dtype == torch.float32 and e.dim() == 2 and e.shape[1] in WIDTHS
+            and e.is_contiguous() and activation in ACT_CODES and available())
+
+
+@torch.no_grad()
+def edge_layer_forward(
+    e: torch.Tensor,
+    p_f: torch.Tensor,
+    p_s: torch.Tensor,
+    p_d: torch.Tensor,
+    p_b: torch.Tensor,
+    w_f: torch.Tensor,
+    w_e: torch.Tensor,
+    w_b: torch.Tensor,
+    w_o: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    activation: str,
+    head: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update ``e`` (``E x k``) in place and return the summed hidden activations ``(fwd, bwd)`` (``N x k``).
+
+    Arguments as :class:`~hubedit.metanet.edge_pass.EdgePass` (node terms ``N x k`` with their biases,
+    weights ``k x k`` applied on the right); ``head = (vec, acc)`` adds ``e_new @ vec`` to ``acc`` per edge.
+    Only where :func:`supports` holds.
+    """
+    if not supports(e, activation):
+        raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
+                         f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
+    n_edges, width = e.shape
+    n_nodes = p_f.shape[0]
+    if src.shape != (n_edges,) or dst.shape != (n_edges,):
+        raise ValueError(f"edge kernel: expected src and dst of shape ({n_edges},), got {tuple(src.shape)} and {tuple(dst.shape)}")
+    nodes = [t.contiguous() for t in (p_f, p_s, p_d, p_b)]
+    if any(t.shape != (n_nodes, width) or t.dtype != e.dtype for t in nodes):
+        raise ValueError(f"edge kernel: expected node terms of shape ({n_nodes}, {width}) and dtype {e.dtype}")
+    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
+    w_o = w_o.contiguous()
+    src, dst = src.contiguous().long(), dst.contiguous().long()
+    fwd = e.new_zeros(n_nodes, width)
+    bwd = e.new_zeros(n_nodes, width)
+    vec = acc = None
+    if head is not None:
+        vec, acc = head[0].contiguous(), head[1]
+        if vec.shape != (width,) or acc.shape != (n_edges,) or not acc.is_contiguous():
+            raise ValueError(f"edge kernel: expected a head vector of {width} and a contiguous accumulator of {n_edges}")
+    rc = _library().hubedit_edge_layer_forward(
+        n_edges, n_nodes, width, ACT_CODES[activation], src.data_ptr(), dst.data_ptr(), e.data_ptr(),
+        *(t.data_ptr() for t in nodes), w_cat.data_ptr(), w_o.data_ptr(), fwd.data_ptr(), bwd.data_ptr(),
+        None if vec is None else vec.data_ptr(), None if acc is None else acc.data_ptr(), torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"edge kernel refused width {width}")
+    return fwd, bwd
