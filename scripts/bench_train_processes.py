@@ -16,7 +16,9 @@ seconds per step are the difference of the two wall times over ``--extra``: star
 validations at step 0 and at the end cancel out. Variants alternate within each repetition so that other load
 hits all alike; the table gives medians over ``--repeats``.
 
-``--hidden / --layers / --edge-hidden`` time another editor size, ``--variants`` a subset of the three.
+``--hidden / --layers / --edge-hidden`` time another editor size, ``--variants`` a subset of the three,
+``--torch-loop`` each beside itself with ``HUBEDIT_FUSED_KERNELS=0`` (the metanetwork's torch loops instead of the
+C++ edge kernel).
 
 Run:  python scripts/bench_train_processes.py --zoo runs/zoos/adult-small [--steps 10 --extra 60 --repeats 2]
       python scripts/bench_train_processes.py --zoo runs/zoos/adult-small --hidden 32 --variants 1x2,N
@@ -48,10 +50,13 @@ def train_command(zoo: str, out: Path, steps: int, models_per_step: int, seed: i
             "--no-progress", *size]
 
 
-def run_variant(kind: tuple[str, int, int], zoo: str, out: Path, steps: int, seed: int, size: list[str]) -> float:
-    """Wall seconds of one training run of ``kind = (label, processes, threads)``; ``size``: metanetwork options."""
-    _, processes, threads = kind
+def run_variant(kind: tuple[str, int, int, bool], zoo: str, out: Path, steps: int, seed: int, size: list[str]) -> float:
+    """Wall seconds of one training run of ``kind = (label, processes, threads, kernel)``; ``size``: metanetwork
+    options; ``kernel=False`` sets ``HUBEDIT_FUSED_KERNELS=0`` (the metanetwork's torch loops)."""
+    _, processes, threads, kernel = kind
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    if not kernel:
+        env["HUBEDIT_FUSED_KERNELS"] = "0"
     if processes == 1:
         cmd = [sys.executable, *train_command(zoo, out, steps, GLOBAL_MODELS, seed, size)]
     else:
@@ -84,17 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="metanetwork layers (default: hubedit train's, 4)")
     ap.add_argument("--edge-hidden", type=int, default=None, help="edge width (default: hidden // 2)")
     ap.add_argument("--variants", default="1x1,1x2,N", help="which of 1 process x 1 thread, x 2 threads, N processes")
+    ap.add_argument("--torch-loop", action="store_true",
+                    help="also run each variant with HUBEDIT_FUSED_KERNELS=0 (the torch loops the edge kernel replaced)")
     args = ap.parse_args(argv)
     size = [arg for name, value in (("--hidden", args.hidden), ("--layers", args.layers),
                                     ("--edge-hidden", args.edge_hidden)) if value is not None for arg in (name, str(value))]
     if GLOBAL_MODELS % args.processes:
         ap.error(f"--processes must divide {GLOBAL_MODELS}, got {args.processes}")
-    every = {"1x1": ("1 process, 1 thread", 1, 1), "1x2": ("1 process, 2 threads", 1, 2),
-             "N": (f"accelerate, {args.processes} processes x 1 thread", args.processes, 1)}
+    every = {"1x1": ("1 process, 1 thread", 1, 1, True), "1x2": ("1 process, 2 threads", 1, 2, True),
+             "N": (f"accelerate, {args.processes} processes x 1 thread", args.processes, 1, True)}
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not wanted or any(v not in every for v in wanted):
         ap.error(f"--variants takes a comma-separated subset of {', '.join(every)}, got {args.variants!r}")
     kinds = [every[v] for v in wanted]
+    if args.torch_loop:
+        kinds = [k for v in wanted for k in (every[v], (every[v][0] + ", torch loop", *every[v][1:3], False))]
     per_step: dict[str, list[float]] = {k[0]: [] for k in kinds}
     losses: dict[str, float] = {}
     load0 = os.getloadavg()[0]

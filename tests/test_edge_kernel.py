@@ -16,7 +16,7 @@ from hubedit.graph import mlps_to_batch
 from hubedit.metanet import GraphMetanetwork, edge_kernel
 from hubedit.metanet.layers import BidirectionalLayer, EdgeWorkspace
 
-from test_metanet import make_net, task_models
+from test_metanet import N_IN, make_net, task_models
 
 needs_kernel = pytest.mark.skipif(not edge_kernel.available(), reason="no C++ compiler: inference uses the torch loop")
 
@@ -74,8 +74,11 @@ def test_network_with_the_kernel_matches_the_autograd_path(kw, monkeypatch):
     batch = mlps_to_batch(task_models(10, seed=5))
     with torch.no_grad():
         fast = net(batch)
-    slow = net(batch)
     assert len(calls) == len(net.layers)  # every layer ran the kernel
+    for layer in net.layers:
+        layer.edge_kernel = False
+    slow = net(batch)  # the autograd path, torch ops only
+    assert len(calls) == len(net.layers)
     for name in ("edge_values", "node_values", "edge_logits", "input_node_logits"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name).detach(), rtol=1e-5, atol=1e-5, msg=name)
 
@@ -129,3 +132,58 @@ def test_failed_build_falls_back_to_the_torch_loop(monkeypatch, tmp_path):
         assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left behind
     finally:
         edge_kernel._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [16, 32])
+@pytest.mark.parametrize("activation", sorted(edge_kernel.ACT_CODES))
+def test_training_pass_equals_the_torch_chunks(width, activation, two_threads):
+    """With gradients the layer's chunked autograd function (edge_pass) runs the kernel in both directions: the
+    same outputs and gradients as its torch chunks, in float32, over enough edges to use both threads."""
+    torch.manual_seed(width + 1)
+    layer = BidirectionalLayer(24, width, activation)
+    n_nodes, n_edges = 300, 20_011
+    h = torch.randn(n_nodes, 24, requires_grad=True)
+    e = torch.randn(n_edges, width, requires_grad=True)
+    edge_index = torch.stack([torch.randint(0, n_nodes, (n_edges,)), torch.randint(0, 60, (n_edges,))])
+    deg_in, deg_out = torch.rand(n_nodes), torch.rand(n_nodes)
+    results = []
+    for kernel in (False, True):
+        layer.edge_kernel = kernel
+        layer.zero_grad()
+        h.grad = e.grad = None
+        h2, e2 = layer(h, e, edge_index, deg_in, deg_out)
+        (h2.sin().sum() + e2.square().sum()).backward()
+        results.append([h2.detach(), e2.detach(), h.grad.clone(), e.grad.clone(),
+                        *(p.grad.clone() for p in layer.parameters())])
+    names = ["h", "e", "h.grad", "e.grad", *(n for n, _ in layer.named_parameters())]
+    for name, loop, kern in zip(names, *results):
+        # a pre-activation within rounding of 0 may switch sides: allow a handful of such elements
+        off = ~torch.isclose(kern, loop, rtol=1e-4, atol=1e-4 * float(loop.abs().max()))
+        assert int(off.sum()) <= max(2, loop.numel() // 10_000), f"{name}: {int(off.sum())} elements differ"
+        assert float((kern - loop).norm() / loop.norm()) < 1e-3, name
+
+
+@needs_kernel
+def test_training_with_the_kernel_follows_the_torch_loop():
+    """A few optimiser steps of a whole metanetwork on the same batch: the losses with and without the kernel agree."""
+    from hubedit.graph import functional_forward
+
+    batch = mlps_to_batch(task_models(8, seed=4))
+    x = torch.randn(64, N_IN)
+    losses = []
+    for kernel in (False, True):
+        net = make_net(seed=3, perturb=True, hidden=32, edge_hidden=16).train()
+        for layer in net.layers:
+            layer.edge_kernel = kernel
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        run = []
+        for _ in range(4):
+            out = net(batch)
+            loss = functional_forward(batch, x, out.edge_values, out.node_values).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.append(float(loss.detach()))
+        losses.append(run)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -43,6 +43,8 @@ def _library() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.hubedit_edge_layer_forward.argtypes = [i64] * 4 + [p] * 13 + [i64]
     lib.hubedit_edge_layer_forward.restype = ctypes.c_int
+    lib.hubedit_edge_layer_backward.argtypes = [i64] * 4 + [p] * 20 + [i64]
+    lib.hubedit_edge_layer_backward.restype = ctypes.c_int
     return lib
 
 
@@ -107,3 +109,53 @@ def edge_layer_forward(
     if rc != 0:
         raise RuntimeError(f"edge kernel refused width {width}")
     return fwd, bwd
+
+
+@torch.no_grad()
+def edge_layer_backward(
+    e: torch.Tensor,
+    p_f: torch.Tensor,
+    p_s: torch.Tensor,
+    p_d: torch.Tensor,
+    p_b: torch.Tensor,
+    w_f: torch.Tensor,
+    w_e: torch.Tensor,
+    w_b: torch.Tensor,
+    w_o: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    activation: str,
+    g_new: torch.Tensor | None,
+    g_fwd: torch.Tensor | None,
+    g_bwd: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of :func:`edge_layer_forward` (without the head) with respect to
+    ``(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o)``, given those of ``(e_new, fwd, bwd)`` (None: zero); the
+    pre-activations are recomputed tile by tile, as :class:`~hubedit.metanet.edge_pass.EdgePass` does in chunks."""
+    if not supports(e, activation):
+        raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
+                         f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
+    n_edges, width = e.shape
+    n_nodes = p_f.shape[0]
+    nodes = [t.contiguous() for t in (p_f, p_s, p_d, p_b)]
+    grads = [None if g is None else g.contiguous() for g in (g_new, g_fwd, g_bwd)]
+    if any(t.shape != (n_nodes, width) for t in nodes) or src.shape != (n_edges,) or dst.shape != (n_edges,) \
+            or (grads[0] is not None and grads[0].shape != e.shape) \
+            or any(g is not None and g.shape != (n_nodes, width) for g in grads[1:]):
+        raise ValueError("edge kernel: node terms, indices and output gradients do not match the edges' shape")
+    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
+    w_cat_t, w_o_t = w_cat.t().contiguous(), w_o.t().contiguous()
+    src, dst = src.contiguous().long(), dst.contiguous().long()
+    g_e = torch.empty_like(e)
+    g_nodes = [e.new_zeros(n_nodes, width) for _ in range(4)]
+    g_wcat, g_wo = e.new_zeros(width, 3 * width), e.new_zeros(width, width)
+    rc = _library().hubedit_edge_layer_backward(
+        n_edges, n_nodes, width, ACT_CODES[activation], src.data_ptr(), dst.data_ptr(), e.contiguous().data_ptr(),
+        *(t.data_ptr() for t in nodes), w_cat.data_ptr(), w_cat_t.data_ptr(), w_o_t.data_ptr(),
+        *(None if g is None else g.data_ptr() for g in grads), g_e.data_ptr(), *(t.data_ptr() for t in g_nodes),
+        g_wcat.data_ptr(), g_wo.data_ptr(), torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"edge kernel refused width {width}")
+    g_wf, g_wb, g_we = g_wcat.split(width, dim=1)
+    return (g_e, *g_nodes, g_wf, g_we, g_wb, g_wo)

@@ -5,7 +5,9 @@ three edge MLPs (gathers, pre-activations, activations) and streams each several
 the backward pass. :class:`EdgePass` instead walks the edges in cache-sized chunks in both directions: the
 forward keeps only its inputs, and the backward recomputes a chunk's activations while the chunk is in
 cache, then forms every gradient of that chunk at once. Same maths as the autograd path (equal to float
-rounding, see ``tests/test_metanet.py``); ``scripts/bench_train.py`` measures the speed-up.
+rounding, see ``tests/test_metanet.py``); ``scripts/bench_train.py`` measures the speed-up. Where the C++ edge
+kernel is built (float32 on CPU, edge widths 16 / 32 / 64: :mod:`.edge_kernel`) both directions run there, a tile
+of edges at a time in registers, with the same recomputation.
 
 Inputs: edge representations ``e`` (``E x k``), node terms of the three MLPs' first linear maps (``N x k``
 each, biases included: ``p_f``, ``p_s`` gathered at sources, ``p_d``, ``p_b`` at destinations), and the
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import edge_kernel
 
 #: activations the function differentiates itself (their derivative is a function of the output's sign)
 SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu")
@@ -43,10 +47,18 @@ def _chunks(n: int, width: int):
 
 
 class EdgePass(torch.autograd.Function):
-    """``(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation) -> (e_new, fwd_hidden, bwd_hidden)``."""
+    """``(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation, kernel) -> (e_new, fwd_hidden, bwd_hidden)``."""
 
     @staticmethod
-    def forward(ctx, e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation: str):
+    def forward(ctx, e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation: str, kernel: bool = True):
+        ctx.save_for_backward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst)
+        ctx.activation = activation
+        ctx.kernel = kernel and edge_kernel.supports(e, activation) and all(
+            t.dtype == e.dtype for t in (p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o))
+        if ctx.kernel:  # the same maths in C++ (hubedit.metanet.edge_kernel), tile by tile
+            e_new = e.clone()
+            fwd, bwd = edge_kernel.edge_layer_forward(e_new, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation)
+            return e_new, fwd, bwd
         n_nodes, k = p_f.shape
         e_new = torch.empty_like(e)
         fwd = e.new_zeros(n_nodes, k)
@@ -57,14 +69,16 @@ class EdgePass(torch.autograd.Function):
             bwd.index_add_(0, sc, _act_(activation, p_b.index_select(0, dc).addmm_(ec, w_b)))
             ze = _act_(activation, p_s.index_select(0, sc).add_(p_d.index_select(0, dc)).addmm_(ec, w_e))
             torch.addmm(ec, ze, w_o, out=e_new[s:t])
-        ctx.save_for_backward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst)
-        ctx.activation = activation
         return e_new, fwd, bwd
 
     @staticmethod
     def backward(ctx, g_new, g_fwd, g_bwd):
         e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst = ctx.saved_tensors
         act = ctx.activation
+        if getattr(ctx, "kernel", False):
+            grads = edge_kernel.edge_layer_backward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, act,
+                                                    g_new, g_fwd, g_bwd)
+            return (*grads, None, None, None, None)
         n_nodes, k = p_f.shape
         g_e = torch.empty_like(e)
         g_pf, g_ps, g_pd, g_pb = (torch.zeros_like(p) for p in (p_f, p_s, p_d, p_b))
@@ -95,11 +109,12 @@ class EdgePass(torch.autograd.Function):
                 gi.addmm_(dz, w.t())
                 g_w.addmm_(ec.t(), dz)
                 g_p.index_add_(0, at, dz)
-        return g_e, g_pf, g_ps, g_pd, g_pb, g_wf, g_we, g_wb, g_wo, None, None, None
+        return g_e, g_pf, g_ps, g_pd, g_pb, g_wf, g_we, g_wb, g_wo, None, None, None, None
 
 
-def edge_pass(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation: str):
-    """Apply :class:`EdgePass` (see the module docstring for the arguments)."""
+def edge_pass(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation: str, kernel: bool = True):
+    """Apply :class:`EdgePass` (see the module docstring for the arguments); ``kernel=False`` keeps to the
+    chunked torch loop even where the C++ kernel is built."""
     if activation not in SUPPORTED_ACTIVATIONS:
         raise ValueError(f"edge_pass supports activations {SUPPORTED_ACTIVATIONS}, got {activation!r}")
-    return EdgePass.apply(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation)
+    return EdgePass.apply(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, activation, kernel)

@@ -86,8 +86,8 @@ class BidirectionalLayer(nn.Module):
         # with gradients: the per-edge work as one chunked autograd function (relu / leaky_relu, no edge
         # norm); False runs plain autograd (the same maths, for comparison: scripts/bench_train.py)
         self.chunked_backward = True
-        # without gradients: the per-edge work in one C++ kernel where it is built (:mod:`.edge_kernel`);
-        # False runs the chunked torch loop (the same maths, for comparison: scripts/bench_edit.py)
+        # the per-edge work (inference, and the chunked training pass) in the C++ kernel where it is built
+        # (:mod:`.edge_kernel`); False runs the torch loops (the same maths, for comparison: scripts/bench_*.py)
         self.edge_kernel = True
 
     # message passing in three steps, in the spirit of torch_geometric's MessagePassing
@@ -156,7 +156,7 @@ class BidirectionalLayer(nn.Module):
         p_b = F.linear(h, self.bwd_dst.weight, self.bwd_e.bias)
         e_new, fwd, bwd = edge_pass(
             e, p_f, p_s, p_d, p_b, self.fwd_e.weight.t(), self.edge_e.weight.t(), self.bwd_e.weight.t(),
-            self.edge_out.weight.t(), src, dst, self.activation,
+            self.edge_out.weight.t(), src, dst, self.activation, self.edge_kernel,
         )
         return self._node_update(h, fwd, bwd, deg_in, deg_out), e_new
 

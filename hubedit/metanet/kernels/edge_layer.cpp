@@ -156,6 +156,185 @@ void dispatch(const Args& a, int64_t n_edges, int64_t act, float* fwd, float* bw
     head ? run<K, 1, true>(a, n_edges, fwd, bwd, threads) : run<K, 1, false>(a, n_edges, fwd, bwd, threads);
 }
 
+
+// ---- backward (training) ----------------------------------------------------------------------------------
+// Gradients of (e_new, fwd, bwd) = forward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o) (no head), as
+// hubedit/metanet/edge_pass.py's EdgePass.backward: a tile recomputes its pre-activations (the forward
+// product), then forms every gradient of the tile at once.
+
+struct Grads {
+  const float* g_new;   // E x K (null: zero)
+  const float* g_fwd;   // N x K (null: zero)
+  const float* g_bwd;   // N x K (null: zero)
+  const float* w_cat_t; // 3K x K: w_cat transposed
+  const float* w_o_t;   // K x K: w_o transposed
+  float* g_e;           // E x K, written
+};
+
+// this thread's sums: g_pf, g_ps, g_pd, g_pb (N x K each), g_wcat (K x 3K), g_wo (K x K)
+struct Sums {
+  float *g_pf, *g_ps, *g_pd, *g_pb, *g_wcat, *g_wo;
+};
+
+template <int ACT>
+inline v16 slope(v16 z, v16 g) {  // g * act'(pre-activation z)
+  const v16 zero{};
+  if constexpr (ACT == 0) return z > zero ? g : zero;
+  return z > zero ? g : g * 0.01f;
+}
+
+template <int K, int R, int ACT>
+inline void tile_backward(const Args& a, const Grads& gr, const Sums& out, int64_t i) {
+  constexpr int NV = K / 16, NC = 3 * NV;
+  const int64_t* src = a.src + i;
+  const int64_t* dst = a.dst + i;
+  const float* e = a.e + i * K;
+  v16 c[R][NC];
+  for (int r = 0; r < R; ++r) {
+    const float* pf = a.p_f + src[r] * K;
+    const float* ps = a.p_s + src[r] * K;
+    const float* pb = a.p_b + dst[r] * K;
+    const float* pd = a.p_d + dst[r] * K;
+    for (int v = 0; v < NV; ++v) {
+      c[r][v] = load(pf + 16 * v);
+      c[r][NV + v] = load(pb + 16 * v);
+      c[r][2 * NV + v] = load(ps + 16 * v) + load(pd + 16 * v);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    const float* w = a.w_cat + k * 3 * K;
+    v16 b[NC];
+    for (int v = 0; v < NC; ++v) b[v] = load(w + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const float x = e[r * K + k];
+      for (int v = 0; v < NC; ++v) c[r][v] += x * b[v];
+    }
+  }
+  // dz = [dz_f | dz_b | dz_e] (R x 3K), z_e = act(pre-activation) (R x K), g_new (R x K)
+  alignas(64) float dz[R][3 * K];
+  alignas(64) float z_e[R][K];
+  alignas(64) float gn[R][K];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      const v16 g_f = gr.g_fwd ? load(gr.g_fwd + dst[r] * K + 16 * v) : v16{};
+      const v16 g_b = gr.g_bwd ? load(gr.g_bwd + src[r] * K + 16 * v) : v16{};
+      store(&dz[r][16 * v], slope<ACT>(c[r][v], g_f));
+      store(&dz[r][K + 16 * v], slope<ACT>(c[r][NV + v], g_b));
+      store(&z_e[r][16 * v], act<ACT>(c[r][2 * NV + v]));
+      store(&gn[r][16 * v], gr.g_new ? load(gr.g_new + (i + r) * K + 16 * v) : v16{});
+    }
+  }
+  // dz_e = act'(z_e) * (g_new @ w_o^T)
+  {
+    v16 o[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) o[r][v] = v16{};
+    for (int k = 0; k < K; ++k) {
+      const float* w = gr.w_o_t + k * K;
+      v16 b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = load(w + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        const float x = gn[r][k];
+        for (int v = 0; v < NV; ++v) o[r][v] += x * b[v];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) store(&dz[r][2 * K + 16 * v], slope<ACT>(c[r][2 * NV + v], o[r][v]));
+  }
+  // g_e = g_new + dz @ w_cat^T
+  {
+    v16 o[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) o[r][v] = load(&gn[r][16 * v]);
+    for (int k = 0; k < 3 * K; ++k) {
+      const float* w = gr.w_cat_t + k * K;
+      v16 b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = load(w + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        const float x = dz[r][k];
+        for (int v = 0; v < NV; ++v) o[r][v] += x * b[v];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) store(gr.g_e + (i + r) * K + 16 * v, o[r][v]);
+  }
+  // weight gradients: g_wcat += e^T @ dz, g_wo += z_e^T @ g_new
+  for (int k = 0; k < K; ++k) {
+    float* gw = out.g_wcat + k * 3 * K;
+    for (int v = 0; v < NC; ++v) {
+      v16 acc = load(gw + 16 * v);
+      for (int r = 0; r < R; ++r) acc += e[r * K + k] * load(&dz[r][16 * v]);
+      store(gw + 16 * v, acc);
+    }
+    float* go = out.g_wo + k * K;
+    for (int v = 0; v < NV; ++v) {
+      v16 acc = load(go + 16 * v);
+      for (int r = 0; r < R; ++r) acc += z_e[r][k] * load(&gn[r][16 * v]);
+      store(go + 16 * v, acc);
+    }
+  }
+  // node-term gradients (scatter-adds)
+  for (int r = 0; r < R; ++r) {
+    float* gf = out.g_pf + src[r] * K;
+    float* gs = out.g_ps + src[r] * K;
+    float* gb = out.g_pb + dst[r] * K;
+    float* gd = out.g_pd + dst[r] * K;
+    for (int v = 0; v < NV; ++v) {
+      const v16 de = load(&dz[r][2 * K + 16 * v]);
+      store(gf + 16 * v, load(gf + 16 * v) + load(&dz[r][16 * v]));
+      store(gb + 16 * v, load(gb + 16 * v) + load(&dz[r][K + 16 * v]));
+      store(gs + 16 * v, load(gs + 16 * v) + de);
+      store(gd + 16 * v, load(gd + 16 * v) + de);
+    }
+  }
+}
+
+template <int K, int ACT>
+void edges_backward(const Args& a, const Grads& gr, const Sums& out, int64_t begin, int64_t end) {
+  constexpr int R = std::max(1, 24 / (3 * K / 16));
+  int64_t i = begin;
+  for (; i + R <= end; i += R) tile_backward<K, R, ACT>(a, gr, out, i);
+  for (; i < end; ++i) tile_backward<K, 1, ACT>(a, gr, out, i);
+}
+
+template <int K, int ACT>
+void run_backward(const Args& a, const Grads& gr, const Sums& out, int64_t n_edges, int64_t threads) {
+  threads = std::max<int64_t>(1, std::min<int64_t>(threads, n_edges / 8192));
+  if (threads == 1) return edges_backward<K, ACT>(a, gr, out, 0, n_edges);
+  const int64_t node = a.n_nodes * K, per_thread = 4 * node + 4 * K * K;
+  std::vector<float> sums(static_cast<size_t>((threads - 1) * per_thread), 0.f);
+  const int64_t per = (n_edges + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    float* f = sums.data() + (t - 1) * per_thread;
+    const Sums mine{f, f + node, f + 2 * node, f + 3 * node, f + 4 * node, f + 4 * node + 3 * K * K};
+    const int64_t b = t * per, en = std::min(n_edges, b + per);
+    pool.emplace_back([&a, &gr, mine, b, en] { edges_backward<K, ACT>(a, gr, mine, b, en); });
+  }
+  edges_backward<K, ACT>(a, gr, out, 0, std::min(n_edges, per));
+  for (auto& th : pool) th.join();
+  float* dst_of[6] = {out.g_pf, out.g_ps, out.g_pd, out.g_pb, out.g_wcat, out.g_wo};
+  const int64_t off[6] = {0, node, 2 * node, 3 * node, 4 * node, 4 * node + 3 * K * K};
+  const int64_t len[6] = {node, node, node, node, 3 * K * K, K * K};
+  for (int64_t t = 1; t < threads; ++t) {
+    const float* f = sums.data() + (t - 1) * per_thread;
+    for (int j = 0; j < 6; ++j) {
+      float* d = dst_of[j];
+      const float* s = f + off[j];
+#pragma omp simd
+      for (int64_t x = 0; x < len[j]; ++x) d[x] += s[x];
+    }
+  }
+}
+
+template <int K>
+void dispatch_backward(const Args& a, const Grads& gr, const Sums& out, int64_t n_edges, int64_t act, int64_t threads) {
+  if (act == 0)
+    run_backward<K, 0>(a, gr, out, n_edges, threads);
+  else
+    run_backward<K, 1>(a, gr, out, n_edges, threads);
+}
+
 }  // namespace
 
 extern "C" {
@@ -170,6 +349,26 @@ int hubedit_edge_layer_forward(int64_t n_edges, int64_t n_nodes, int64_t width, 
     case 16: dispatch<16>(a, n_edges, act, fwd, bwd, threads); return 0;
     case 32: dispatch<32>(a, n_edges, act, fwd, bwd, threads); return 0;
     case 64: dispatch<64>(a, n_edges, act, fwd, bwd, threads); return 0;
+    default: return -1;
+  }
+}
+
+// The gradients of hubedit_edge_layer_forward (without the head) for training; e is not modified. g_new,
+// g_fwd, g_bwd may be null (zero). g_e is written; g_pf .. g_pb (N x K), g_wcat (K x 3K, columns as w_cat)
+// and g_wo (K x K) must be zeroed by the caller. w_cat_t (3K x K) and w_o_t (K x K) are the transposes.
+int hubedit_edge_layer_backward(int64_t n_edges, int64_t n_nodes, int64_t width, int64_t act, const int64_t* src,
+                                const int64_t* dst, const float* e, const float* p_f, const float* p_s,
+                                const float* p_d, const float* p_b, const float* w_cat, const float* w_cat_t,
+                                const float* w_o_t, const float* g_new, const float* g_fwd, const float* g_bwd,
+                                float* g_e, float* g_pf, float* g_ps, float* g_pd, float* g_pb, float* g_wcat,
+                                float* g_wo, int64_t threads) {
+  const Args a{n_nodes, src, dst, const_cast<float*>(e), p_f, p_s, p_d, p_b, w_cat, nullptr, nullptr, nullptr};
+  const Grads gr{g_new, g_fwd, g_bwd, w_cat_t, w_o_t, g_e};
+  const Sums out{g_pf, g_ps, g_pd, g_pb, g_wcat, g_wo};
+  switch (width) {
+    case 16: dispatch_backward<16>(a, gr, out, n_edges, act, threads); return 0;
+    case 32: dispatch_backward<32>(a, gr, out, n_edges, act, threads); return 0;
+    case 64: dispatch_backward<64>(a, gr, out, n_edges, act, threads); return 0;
     default: return -1;
   }
 }
