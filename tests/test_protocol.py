@@ -551,7 +551,7 @@ def test_results_written_before_the_new_fields_still_load(setting):
 
     from hubedit.tasks import load_task
 
-    path = Path(__file__).resolve().parents[1] / "results" / "small" / f"{setting}-results.json"
+    path = Path(__file__).resolve().parent / "data" / "results-2026-11-26" / f"{setting}-results.json"
     data = json.loads(path.read_text())
     assert "val_disagreement" not in next(iter(data["methods"].values()))  # an old file
     res = ProtocolResult.from_dict(data)
@@ -735,3 +735,18 @@ def test_above_majority_evaluates_only_the_checkpoints_that_beat_the_majority_cl
     monkeypatch.setattr(protocol, "majority_accuracy", lambda labels: median)
     chosen = protocol._above_majority(zoo["test"], zoo.task)
     assert list(chosen) == [i for i, a in enumerate(acc["test"]) if a > median] and 0 < len(chosen) < len(acc["test"])
+
+
+def test_editor_run_labels_say_what_sets_the_trade_off():
+    """Runs are labelled by their target, their lambda, or (EPO / scalarised editors, which have no lambda) their
+    preference -- never ``lam=nan``."""
+    from types import SimpleNamespace
+
+    from hubedit.evaluation.protocol import EditorRun
+
+    pref = SimpleNamespace(lam=None, settings={"preference": [0.3, 1.0]})
+    plain = SimpleNamespace(lam=0.1, settings={"preference": None})
+    assert EditorRun("EPO", pref, None).label == "pref=(0.3, 1)"
+    assert EditorRun("GMN", plain, None).label == "lam=0.1"
+    assert EditorRun("GMN (λ-cond.)", plain, 0.03).label == "lam=0.03"
+    assert EditorRun("GMN (target-cond.)", plain, None, target=0.2).label == "target=0.2"

@@ -194,6 +194,9 @@ def test_sample_efficiency_seed_table_pairs_the_difference_to_the_best_baseline(
     assert t.mean.loc["Magnitude", "HV w/o degenerate"] == t.mean.loc["Magnitude", "hypervolume"]  # none degenerate
     assert t.n.loc["Magnitude", vs] == 0 and t.cell("Magnitude", vs) == "–"
     assert t.labels.loc["GMN 100%", "zoo fraction"] == 1.0 and t.labels.loc["GMN 100%", "train models"] == "10"
+    # a baseline has no zoo fraction: null in the JSON (strict JSON, no NaN anywhere)
+    d = json.loads(json.dumps(t.to_dict(), allow_nan=False))
+    assert d["labels"]["zoo fraction"][d["index"].index("Magnitude")] is None
     png = sample_efficiency_seed_plot(runs, tmp_path / "se.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

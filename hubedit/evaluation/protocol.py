@@ -791,7 +791,9 @@ class ProtocolResult:
                     f"On the baselines' range ({self.metric_name} >= {c['common_x']:.3g}): {c['editor_common_hv']:.4f} vs "
                     f"{c['best_baseline_common']} {c['best_baseline_common_hv']:.4f} ({c['common_hv_difference']:+.4f}). "
                     f"Fraction of each baseline's front dominated by it: at least {c['baseline_points_dominated_by_editor']:.2f}; "
-                    f"fraction of its front dominated by some baseline: at most {c['editor_points_dominated_by_a_baseline']:.2f}."
+                    + (f"fraction of its front dominated by some baseline: at most {c['editor_points_dominated_by_a_baseline']:.2f}."
+                       if math.isfinite(c["editor_points_dominated_by_a_baseline"])
+                       else "it has no non-degenerate front point that a baseline could dominate.")
                 )
             lines.append("")
         elif self.editor_methods and self.baseline_methods:
@@ -1012,7 +1014,12 @@ class EditorRun:
 
     @property
     def label(self) -> str:
-        return f"target={self.target:.4g}" if self.target is not None else f"lam={self.effective_lam:.4g}"
+        if self.target is not None:
+            return f"target={self.target:.4g}"
+        settings = getattr(self.editor, "settings", None) or {}
+        if self.lam is None and settings.get("preference") is not None:  # EPO / scalarised: no lambda
+            return "pref=(" + ", ".join(f"{float(r):.4g}" for r in settings["preference"]) + ")"
+        return f"lam={self.effective_lam:.4g}"
 
     def edit_many(self, models, batch_size: int = 64):
         return self.editor.edit_many(models, lam=self.lam, target=self.target, batch_size=batch_size)
@@ -1673,7 +1680,8 @@ def run_protocol(
             "majority_accuracy": {"validation": majority_accuracy(splits["validation"].y.numpy()),
                                   "test": majority_accuracy(splits["test"].y.numpy())},
             "config": cfg.to_dict(),
-            "editors": {name: [{"lam": None if r.target is not None else r.effective_lam, "target": r.target,
+            "editors": {name: [{"lam": None if math.isnan(r.effective_lam) else r.effective_lam, "target": r.target,
+                                "preference": r.editor.settings.get("preference"),
                                 "source": dict(r.editor.source) or None,
                                 "variant": r.editor.settings["variant"],
                                 "lam_range": r.editor.settings.get("lam_range")} for r in rs] for name, rs in runs.items()},

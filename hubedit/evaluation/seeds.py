@@ -110,16 +110,20 @@ class SeedTable:
         return to_markdown(self.formatted()) if len(self.mean) else "(none)"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON data: index (rows as lists for a multi-level index), columns and the three matrices (NaN as None)."""
+        """JSON data: index (rows as lists for a multi-level index), columns, the three matrices and the label
+        columns (NaN as None: strict JSON)."""
+        def cell(v: Any) -> Any:
+            return None if isinstance(v, float) and math.isnan(v) else v
+
         def mat(df: pd.DataFrame) -> list[list]:
-            return [[None if isinstance(v, float) and math.isnan(v) else v for v in row]
-                    for row in df.astype(object).values.tolist()]
+            return [[cell(v) for v in row] for row in df.astype(object).values.tolist()]
 
         idx = [list(i) if isinstance(i, tuple) else i for i in self.mean.index.tolist()]
         return {"n_seeds": self.n_seeds, "ddof": 1, "index_names": list(self.mean.index.names), "index": idx,
                 "columns": list(self.mean.columns), "mean": mat(self.mean), "sd": mat(self.sd),
                 "n": mat(self.n.astype(int)),
-                "labels": {c: self.labels[c].reindex(self.mean.index).tolist() for c in self.labels.columns}}
+                "labels": {c: [cell(v) for v in self.labels[c].reindex(self.mean.index).astype(object).tolist()]
+                           for c in self.labels.columns}}
 
 
 def mean_sd(tables: Sequence[pd.DataFrame], columns: Sequence[str] | None = None) -> SeedTable:
