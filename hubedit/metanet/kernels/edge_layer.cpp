@@ -49,14 +49,14 @@ struct Args {
   float* head_acc;
 };
 
-// R edges starting at edge i; fwd / bwd: this thread's sums
-template <int K, int R, int ACT, bool HEAD>
-inline void tile(const Args& a, int64_t i, float* fwd, float* bwd) {
+// The pre-activations of R edges from edge i: [z_f | z_b | z_e] = gathered node terms + e @ w_cat, one
+// R x 3K product kept in registers (c[r][v]: edge r, vector v of 16 columns).
+template <int K, int R>
+inline __attribute__((always_inline)) void first_maps(const Args& a, int64_t i, v16 (&c)[R][3 * K / 16]) {
   constexpr int NV = K / 16, NC = 3 * NV;
   const int64_t* src = a.src + i;
   const int64_t* dst = a.dst + i;
-  float* e = a.e + i * K;
-  v16 c[R][NC];
+  const float* e = a.e + i * K;
   for (int r = 0; r < R; ++r) {
     const float* pf = a.p_f + src[r] * K;
     const float* ps = a.p_s + src[r] * K;
@@ -77,6 +77,17 @@ inline void tile(const Args& a, int64_t i, float* fwd, float* bwd) {
       for (int v = 0; v < NC; ++v) c[r][v] += x * b[v];
     }
   }
+}
+
+// R edges starting at edge i; fwd / bwd: this thread's sums
+template <int K, int R, int ACT, bool HEAD>
+inline void tile(const Args& a, int64_t i, float* fwd, float* bwd) {
+  constexpr int NV = K / 16, NC = 3 * NV;
+  const int64_t* src = a.src + i;
+  const int64_t* dst = a.dst + i;
+  float* e = a.e + i * K;
+  v16 c[R][NC];
+  first_maps<K, R>(a, i, c);
   alignas(64) float z_e[R][K];
   for (int r = 0; r < R; ++r) {
     float* f = fwd + dst[r] * K;
@@ -190,26 +201,7 @@ inline void tile_backward(const Args& a, const Grads& gr, const Sums& out, int64
   const int64_t* dst = a.dst + i;
   const float* e = a.e + i * K;
   v16 c[R][NC];
-  for (int r = 0; r < R; ++r) {
-    const float* pf = a.p_f + src[r] * K;
-    const float* ps = a.p_s + src[r] * K;
-    const float* pb = a.p_b + dst[r] * K;
-    const float* pd = a.p_d + dst[r] * K;
-    for (int v = 0; v < NV; ++v) {
-      c[r][v] = load(pf + 16 * v);
-      c[r][NV + v] = load(pb + 16 * v);
-      c[r][2 * NV + v] = load(ps + 16 * v) + load(pd + 16 * v);
-    }
-  }
-  for (int k = 0; k < K; ++k) {
-    const float* w = a.w_cat + k * 3 * K;
-    v16 b[NC];
-    for (int v = 0; v < NC; ++v) b[v] = load(w + 16 * v);
-    for (int r = 0; r < R; ++r) {
-      const float x = e[r * K + k];
-      for (int v = 0; v < NC; ++v) c[r][v] += x * b[v];
-    }
-  }
+  first_maps<K, R>(a, i, c);
   // dz = [dz_f | dz_b | dz_e] (R x 3K), z_e = act(pre-activation) (R x K), g_new (R x K)
   alignas(64) float dz[R][3 * K];
   alignas(64) float z_e[R][K];
