@@ -488,13 +488,15 @@ def committing(what: str) -> Iterator[None]:
             raise error from exc
 
 
-def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str) -> Path | None:
+def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str, *, revision: str | None = None) -> Path | None:
     """Tell a local folder from a Hub repo id before anything is downloaded.
 
     Returns the folder when ``name_or_path`` is an existing directory, ``None`` when it is a valid repo id
     (``name`` or ``namespace/name``) that does not exist locally. Anything else -- a mistyped path such as
     ``./editors/prune`` or ``/tmp/x/y/z``, an existing *file* -- raises :class:`HubError` naming both readings,
     instead of the client's ``HFValidationError`` traceback. ``what`` names the object ("editor", "zoo", ...).
+    ``namespace/name`` where a folder ``namespace`` exists here reads as a mistyped local path, unless a
+    ``revision`` is given: only Hub repos have revisions.
     """
     path = Path(name_or_path)
     if path.is_dir():
@@ -504,7 +506,7 @@ def local_folder_or_repo_id(name_or_path: str | os.PathLike, what: str) -> Path 
         raise HubError(f"{what} {text!r} is a file; expected a folder, or a Hub repo id ('namespace/name')")
     # a path-like spelling, or a parent folder that exists here: a mistyped local path, not a repo id
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or (
-        "/" in text and path.parent.is_dir())
+        "/" in text and path.parent.is_dir() and revision is None)
     try:
         check_repo_id(text)
     except HubError:

@@ -69,7 +69,7 @@ def load_edited(where: str | os.PathLike, *, revision: str | None = None,
     from .editor import EditedMLP
     from .hub import local_folder_or_repo_id, snapshot
 
-    path = local_folder_or_repo_id(where, "edited model")
+    path = local_folder_or_repo_id(where, "edited model", revision=revision)
     if path is not None:
         folder, source = path, {"path": str(path)}
     else:

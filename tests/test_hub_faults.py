@@ -209,3 +209,20 @@ def test_a_cleanup_that_fails_is_reported(hub_server, hf_api, hub_repo_id, folde
         publish_folder(folder, hub_repo_id, commit_message="must not land")
     assert hf_api.list_repo_files(hub_repo_id) == [".gitattributes"]  # left empty, as the message says
     hf_api.delete_repo(hub_repo_id)
+
+
+def test_a_repo_id_whose_namespace_is_a_folder_here(tmp_path, monkeypatch):
+    """``ns/name`` with a folder ``ns`` in the working directory reads as a mistyped local path -- unless a revision
+    is given, which only Hub repos have (the quickstart's default output folder is named like its namespace)."""
+    from hubedit.hub import local_folder_or_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ns").mkdir()
+    with pytest.raises(HubError, match="is not an existing local folder, and not a Hub repo id"):
+        local_folder_or_repo_id("ns/editor", "editor")
+    assert local_folder_or_repo_id("ns/editor", "editor", revision="a" * 40) is None
+    assert local_folder_or_repo_id("other/editor", "editor") is None  # no such folder here: a repo id
+    (tmp_path / "ns" / "editor").mkdir()
+    assert local_folder_or_repo_id("ns/editor", "editor", revision="main").resolve() == tmp_path / "ns" / "editor"
+    with pytest.raises(HubError, match="not an existing local folder"):
+        local_folder_or_repo_id("./ns/missing", "editor", revision="main")  # path-like spellings stay local

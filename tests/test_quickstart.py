@@ -27,11 +27,17 @@ LIMIT_S = 600  # the issue's bound: 10 minutes on 2 cores (a run takes 1-3 minut
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    """``python -m hubedit quickstart --out OUT`` in a clean environment: no endpoint, token or HF_HOME."""
-    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    """``python -m hubedit quickstart`` as the README runs it, in a clean environment (no endpoint, token or
+    HF_HOME): default output folder ``hubedit-quickstart/`` in the working directory, the same name as the
+    namespace its repos are published under (a folder ``hubedit-quickstart`` existing here must not turn the repo
+    id ``hubedit-quickstart/<name>`` into a mistyped local path)."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    out = cwd / "hubedit-quickstart"
+    root = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hubedit", "quickstart", "--out", str(out), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "hubedit", "quickstart", "--no-progress"], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=LIMIT_S + 60)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

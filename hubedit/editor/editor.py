@@ -477,7 +477,7 @@ class Editor(
         falling back on the cache."""
         from ..hub import describe_repo, local_folder_or_repo_id, reading
 
-        folder = local_folder_or_repo_id(pretrained_model_name_or_path, "editor")
+        folder = local_folder_or_repo_id(pretrained_model_name_or_path, "editor", revision=revision)
         if folder is not None and revision is not None:
             raise ConfigError(
                 f"revision={revision!r} applies to Hub repos, but {str(folder)!r} is a local folder; "

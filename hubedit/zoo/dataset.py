@@ -468,7 +468,7 @@ class Zoo:
         :class:`~hubedit.hub.HubError`, not a Hub lookup)."""
         from ..hub import local_folder_or_repo_id
 
-        folder = local_folder_or_repo_id(where, "zoo")
+        folder = local_folder_or_repo_id(where, "zoo", revision=revision)
         if folder is not None:
             return cls.load(folder)
         return cls.from_hub(str(where), revision=revision)
