@@ -5,9 +5,13 @@ At inference the chunked torch loop of ``forward_fused`` makes about ten kernel 
 ``E x k`` temporary through memory. The kernel does a tile of edges at a time in registers: the three first
 maps as one product into accumulators that start at the gathered node terms, then the activation, both
 scatter-adds, the output map and the edit head, and splits the edges over ``torch.get_num_threads()``
-threads. Same maths (equal to float rounding, ``tests/test_metanet.py``); ``scripts/bench_edit.py --no-kernel``
-times the torch loop beside it. Used for float32 CPU tensors, edge widths 16 / 32 / 64 and relu or leaky
-relu; anything else (and ``HUBEDIT_FUSED_KERNELS=0``, or no C++ compiler) runs the torch loop.
+threads. Training uses it too: :class:`~hubedit.metanet.edge_pass.EdgePass` runs :func:`edge_layer_forward`
+and, backwards, :func:`edge_layer_backward`, which recomputes a tile's pre-activations and forms every gradient
+of the tile. Same maths (equal to float rounding, ``tests/test_edge_kernel.py``); ``scripts/bench_edit.py
+--torch-loop`` and ``scripts/bench_train_processes.py --torch-loop`` time the torch loops beside it. Used for
+float32 CPU tensors, edge widths 16 / 32 / 64 and relu or leaky relu; anything else (``layer.edge_kernel =
+False``, ``HUBEDIT_FUSED_KERNELS=0``, no C++ compiler) runs the torch loops. The matrix products are the kernel's
+own register-tiled ones (FMA-bound: about 53 GFLOP/s per core of a 2-vCPU AVX-512 EPYC).
 """
 
 from __future__ import annotations
