@@ -187,3 +187,12 @@ def test_training_with_the_kernel_follows_the_torch_loop():
             run.append(float(loss.detach()))
         losses.append(run)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_kernel_failures_become_python_errors():
+    """The C++ side catches its own exceptions (allocation, threads) and returns a code; the wrapper raises."""
+    with pytest.raises(MemoryError, match="per-thread sums .* set fewer torch threads"):
+        edge_kernel._check(-2, 32, 1000)
+    with pytest.raises(RuntimeError, match="width 24 is not one of"):
+        edge_kernel._check(-1, 24, 1000)
+    edge_kernel._check(0, 32, 1000)

@@ -63,6 +63,16 @@ def supports(e: torch.Tensor, activation: str) -> bool:
             and e.is_contiguous() and activation in ACT_CODES and available())
 
 
+def _check(rc: int, width: int, n_nodes: int) -> None:
+    if rc == -1:
+        raise RuntimeError(f"edge kernel: width {width} is not one of {WIDTHS}")
+    if rc == -2:
+        raise MemoryError(f"edge kernel: could not allocate the per-thread sums ({n_nodes} nodes x {width}) or "
+                          f"start {torch.get_num_threads()} threads; set fewer torch threads or edit smaller batches")
+    if rc != 0:
+        raise RuntimeError(f"edge kernel failed with code {rc}")
+
+
 @torch.no_grad()
 def edge_layer_forward(
     e: torch.Tensor,
@@ -110,8 +120,7 @@ def edge_layer_forward(
         *(t.data_ptr() for t in nodes), w_cat.data_ptr(), w_o.data_ptr(), fwd.data_ptr(), bwd.data_ptr(),
         None if vec is None else vec.data_ptr(), None if acc is None else acc.data_ptr(), torch.get_num_threads(),
     )
-    if rc != 0:
-        raise RuntimeError(f"edge kernel refused width {width}")
+    _check(rc, width, n_nodes)
     return fwd, bwd
 
 
@@ -159,7 +168,6 @@ def edge_layer_backward(
         *(None if g is None else g.data_ptr() for g in grads), g_e.data_ptr(), *(t.data_ptr() for t in g_nodes),
         g_wcat.data_ptr(), g_wo.data_ptr(), torch.get_num_threads(),
     )
-    if rc != 0:
-        raise RuntimeError(f"edge kernel refused width {width}")
+    _check(rc, width, n_nodes)
     g_wf, g_wb, g_we = g_wcat.split(width, dim=1)
     return (g_e, *g_nodes, g_wf, g_we, g_wb, g_wo)

@@ -331,17 +331,22 @@ void dispatch_backward(const Args& a, const Grads& gr, const Sums& out, int64_t 
 
 extern "C" {
 
-// Returns 0, or -1 for an unsupported width K (the caller then uses its torch path).
+// Returns 0; -1 for an unsupported width K; -2 where the per-thread sums could not be allocated or a thread
+// not started (the caller raises).
 int hubedit_edge_layer_forward(int64_t n_edges, int64_t n_nodes, int64_t width, int64_t act, const int64_t* src,
                                const int64_t* dst, float* e, const float* p_f, const float* p_s, const float* p_d,
                                const float* p_b, const float* w_cat, const float* w_o, float* fwd, float* bwd,
                                const float* head_vec, float* head_acc, int64_t threads) {
   const Args a{n_nodes, src, dst, e, p_f, p_s, p_d, p_b, w_cat, w_o, head_vec, head_acc};
-  switch (width) {
-    case 16: dispatch<16>(a, n_edges, act, fwd, bwd, threads); return 0;
-    case 32: dispatch<32>(a, n_edges, act, fwd, bwd, threads); return 0;
-    case 64: dispatch<64>(a, n_edges, act, fwd, bwd, threads); return 0;
-    default: return -1;
+  try {  // no C++ exception may cross into the caller (ctypes): per-thread sums or threads that fail -> -2
+    switch (width) {
+      case 16: dispatch<16>(a, n_edges, act, fwd, bwd, threads); return 0;
+      case 32: dispatch<32>(a, n_edges, act, fwd, bwd, threads); return 0;
+      case 64: dispatch<64>(a, n_edges, act, fwd, bwd, threads); return 0;
+      default: return -1;
+    }
+  } catch (...) {
+    return -2;
   }
 }
 
@@ -357,11 +362,15 @@ int hubedit_edge_layer_backward(int64_t n_edges, int64_t n_nodes, int64_t width,
   const Args a{n_nodes, src, dst, const_cast<float*>(e), p_f, p_s, p_d, p_b, w_cat, nullptr, nullptr, nullptr};
   const Grads gr{g_new, g_fwd, g_bwd, w_cat_t, w_o_t, g_e};
   const Sums out{g_pf, g_ps, g_pd, g_pb, g_wcat, g_wo};
-  switch (width) {
-    case 16: dispatch_backward<16>(a, gr, out, n_edges, act, threads); return 0;
-    case 32: dispatch_backward<32>(a, gr, out, n_edges, act, threads); return 0;
-    case 64: dispatch_backward<64>(a, gr, out, n_edges, act, threads); return 0;
-    default: return -1;
+  try {
+    switch (width) {
+      case 16: dispatch_backward<16>(a, gr, out, n_edges, act, threads); return 0;
+      case 32: dispatch_backward<32>(a, gr, out, n_edges, act, threads); return 0;
+      case 64: dispatch_backward<64>(a, gr, out, n_edges, act, threads); return 0;
+      default: return -1;
+    }
+  } catch (...) {
+    return -2;
   }
 }
 
