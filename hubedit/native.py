@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,3 +75,16 @@ def build(name: str, cxx: str, sources: Sequence[Path], headers: Sequence[Path] 
 def load(name: str, cxx: str, sources: Sequence[Path], headers: Sequence[Path] = (), link: Sequence[str] = ()) -> ctypes.CDLL:
     """:func:`build` and load with ``ctypes`` (OSError or RuntimeError where that fails)."""
     return ctypes.CDLL(str(build(name, cxx, sources, headers, link)))
+
+
+def load_or_warn(what: str, name: str, cxx: str | None, sources: Sequence[Path], headers: Sequence[Path] = (),
+                 link: Sequence[str] = ()) -> ctypes.CDLL | None:
+    """:func:`load`, or None where the kernels are turned off (:func:`enabled`), no compiler ``cxx`` was found,
+    or the build or load fails -- then with a warning ``"<what> unavailable, using torch ops instead: ..."``."""
+    if not enabled() or cxx is None:
+        return None
+    try:
+        return load(name, cxx, sources, headers, link)
+    except (OSError, RuntimeError) as exc:
+        warnings.warn(f"{what} unavailable, using torch ops instead: {exc}")
+        return None

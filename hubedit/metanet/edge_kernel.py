@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,15 +33,9 @@ ACT_CODES = {"relu": 0, "leaky_relu": 1}
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if not native.enabled():
-        return None
-    cxx = _compiler()
-    if cxx is None:
-        return None
-    try:
-        lib = native.load("edge_layer", cxx, SOURCES, link=["-pthread"])
-    except (OSError, RuntimeError) as exc:
-        warnings.warn(f"fused metanetwork edge kernel unavailable, using torch ops instead: {exc}")
+    lib = native.load_or_warn("fused metanetwork edge kernel", "edge_layer", _compiler() if native.enabled() else None,
+                              SOURCES, link=["-pthread"])
+    if lib is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.hubedit_edge_layer_forward.argtypes = [i64] * 4 + [p] * 13 + [i64]
@@ -73,6 +66,24 @@ def _check(rc: int, width: int, n_nodes: int) -> None:
         raise RuntimeError(f"edge kernel failed with code {rc}")
 
 
+def _checked(e, nodes, weights, src, dst, activation):
+    """Validate the shared arguments of both directions; returns ``(n_nodes, nodes, w_cat, src, dst)`` ready for
+    the kernel (contiguous; ``w_cat = [w_f | w_b | w_e]``, ``weights = (w_f, w_e, w_b)``)."""
+    if not supports(e, activation):
+        raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
+                         f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
+    n_edges, width = e.shape
+    n_nodes = nodes[0].shape[0]
+    if src.shape != (n_edges,) or dst.shape != (n_edges,):
+        raise ValueError(f"edge kernel: expected src and dst of shape ({n_edges},), got {tuple(src.shape)} and {tuple(dst.shape)}")
+    nodes = [t.contiguous() for t in nodes]
+    if any(t.shape != (n_nodes, width) or t.dtype != e.dtype for t in nodes):
+        raise ValueError(f"edge kernel: expected node terms of shape ({n_nodes}, {width}) and dtype {e.dtype}")
+    w_f, w_e, w_b = weights
+    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
+    return n_nodes, nodes, w_cat, src.contiguous().long(), dst.contiguous().long()
+
+
 @torch.no_grad()
 def edge_layer_forward(
     e: torch.Tensor,
@@ -95,19 +106,9 @@ def edge_layer_forward(
     weights ``k x k`` applied on the right); ``head = (vec, acc)`` adds ``e_new @ vec`` to ``acc`` per edge.
     Only where :func:`supports` holds.
     """
-    if not supports(e, activation):
-        raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
-                         f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
+    n_nodes, nodes, w_cat, src, dst = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation)
     n_edges, width = e.shape
-    n_nodes = p_f.shape[0]
-    if src.shape != (n_edges,) or dst.shape != (n_edges,):
-        raise ValueError(f"edge kernel: expected src and dst of shape ({n_edges},), got {tuple(src.shape)} and {tuple(dst.shape)}")
-    nodes = [t.contiguous() for t in (p_f, p_s, p_d, p_b)]
-    if any(t.shape != (n_nodes, width) or t.dtype != e.dtype for t in nodes):
-        raise ValueError(f"edge kernel: expected node terms of shape ({n_nodes}, {width}) and dtype {e.dtype}")
-    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
     w_o = w_o.contiguous()
-    src, dst = src.contiguous().long(), dst.contiguous().long()
     fwd = e.new_zeros(n_nodes, width)
     bwd = e.new_zeros(n_nodes, width)
     vec = acc = None
@@ -145,20 +146,13 @@ def edge_layer_backward(
     """Gradients of :func:`edge_layer_forward` (without the head) with respect to
     ``(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o)``, given those of ``(e_new, fwd, bwd)`` (None: zero); the
     pre-activations are recomputed tile by tile, as :class:`~hubedit.metanet.edge_pass.EdgePass` does in chunks."""
-    if not supports(e, activation):
-        raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
-                         f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
+    n_nodes, nodes, w_cat, src, dst = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation)
     n_edges, width = e.shape
-    n_nodes = p_f.shape[0]
-    nodes = [t.contiguous() for t in (p_f, p_s, p_d, p_b)]
     grads = [None if g is None else g.contiguous() for g in (g_new, g_fwd, g_bwd)]
-    if any(t.shape != (n_nodes, width) for t in nodes) or src.shape != (n_edges,) or dst.shape != (n_edges,) \
-            or (grads[0] is not None and grads[0].shape != e.shape) \
+    if (grads[0] is not None and grads[0].shape != e.shape) \
             or any(g is not None and g.shape != (n_nodes, width) for g in grads[1:]):
-        raise ValueError("edge kernel: node terms, indices and output gradients do not match the edges' shape")
-    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
+        raise ValueError(f"edge kernel: expected output gradients of shape {tuple(e.shape)} and ({n_nodes}, {width})")
     w_cat_t, w_o_t = w_cat.t().contiguous(), w_o.t().contiguous()
-    src, dst = src.contiguous().long(), dst.contiguous().long()
     g_e = torch.empty_like(e)
     g_nodes = [e.new_zeros(n_nodes, width) for _ in range(4)]
     g_wcat, g_wo = e.new_zeros(width, 3 * width), e.new_zeros(width, width)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import warnings
 from pathlib import Path
 
 import torch
@@ -57,15 +56,9 @@ def stores_slope(activations) -> bool:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if not native.enabled():
-        return None
-    cxx = _compiler()
-    if cxx is None:
-        return None
-    try:
-        lib = native.load("group_layer", cxx, SOURCES, HEADERS, _LINK)
-    except (OSError, RuntimeError) as exc:
-        warnings.warn(f"fused trainer kernels unavailable, using torch ops instead: {exc}")
+    lib = native.load_or_warn("fused trainer kernels", "group_layer", _compiler() if native.enabled() else None,
+                              SOURCES, HEADERS, _LINK)
+    if lib is None:
         return None
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.hubedit_group_layer_forward.argtypes = [p] * 10 + [i64] * 3 + [f32] + [p] * 6
