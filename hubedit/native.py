@@ -25,6 +25,11 @@ from pathlib import Path
 COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++20"]
 
 
+#: the activation and norm codes of ``hubedit/zoo/kernels/layer_kernels.h``, shared by every kernel that includes it
+NORM_CODES = {"none": 0, "batchnorm": 1, "layernorm": 2}
+ACT_CODES = {"relu": 0, "leaky_relu": 1, "gelu": 2, "silu": 3, "tanh": 4, "sigmoid": 5}
+
+
 def enabled() -> bool:
     """False where ``HUBEDIT_FUSED_KERNELS=0`` turns the kernels off."""
     return os.environ.get("HUBEDIT_FUSED_KERNELS", "1") != "0"

@@ -3,7 +3,7 @@
 An editor that sees only weights must guess which ones matter; the per-model baselines it competes with (SNIP,
 magnitude) rank weights by ``|w|`` or by the sensitivity ``|w * dL/dw|`` on data. These features hand the same
 information to the metanetwork, computed for a whole batch of parameter graphs in one differentiable
-evaluation (:func:`~hubedit.graph.functional.functional_forward`): ``L`` is the cross-entropy of each model
+evaluation (:class:`~hubedit.graph.saliency.SaliencyPass`, its backward written out): ``L`` is the cross-entropy of each model
 against its *own* predicted labels on the calibration inputs (no true labels are needed, and keeping those
 predictions is what the editor is trained for). Both are put on a per-model scale -- ``log`` values, centred and
 scaled within each model -- so that models of any weight scale or width look alike to the editor (and the
@@ -13,11 +13,11 @@ features are invariant to hidden-neuron permutations).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from .functional import functional_forward
-from .groups import edge_graph_index, top_k_per_group
+from .groups import edge_graph_index
+from .saliency import saliency_rounds
 
 def calibration_feature_count(rounds: int = 0) -> int:
     """Feature columns :func:`calibration_features` returns per edge (2, or 4 with iterative rounds)."""
@@ -33,19 +33,6 @@ def standardise_per_graph(values: torch.Tensor, group: torch.Tensor, n_groups: i
     return centred / var.sqrt().clamp(min=1e-6).index_select(0, group)
 
 
-def _saliency(data: Data, inputs: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor | None,
-              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``|w * dL/dw|`` of the (masked) models against ``labels`` (their own, when None) and those labels."""
-    with torch.enable_grad():
-        values = weights.clone().requires_grad_(True)
-        logits = functional_forward(data, inputs.to(values.dtype), values, edge_mask=mask)  # (M, B, C)
-        if labels is None:
-            labels = logits.detach().argmax(-1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
-        (grad,) = torch.autograd.grad(loss / inputs.shape[0], values)
-    return (weights * grad).abs(), labels
-
-
 @torch.no_grad()
 def calibration_features(data: Data, inputs: torch.Tensor, *, keep: torch.Tensor | None = None,
                          rounds: int = 0) -> torch.Tensor:
@@ -57,22 +44,20 @@ def calibration_features(data: Data, inputs: torch.Tensor, *, keep: torch.Tensor
     weights = data.edge_attr.reshape(-1).detach().float()
     group = edge_graph_index(data)
     n_groups = int(getattr(data, "num_graphs", 1) or 1)
-    saliency, labels = _saliency(data, inputs, weights, None)
-    magnitude = torch.log(weights.abs() + 1e-8)
-    columns = [standardise_per_graph(magnitude, group, n_groups),
-               standardise_per_graph(torch.log(saliency + 1e-12), group, n_groups)]
+    counts = None
     if rounds:
         if keep is None or keep.shape != (n_groups,):
             raise ValueError(f"iterative rounds need one keep fraction per model ({n_groups}), got "
                              f"{None if keep is None else tuple(keep.shape)}")
         sizes = torch.bincount(group, minlength=n_groups)
-        mask = torch.ones_like(weights)
-        score = saliency
-        for r in range(1, rounds + 1):
-            k = torch.round(keep.double().to(sizes.device) ** (r / rounds) * sizes).long().clamp(min=1)
-            ranked = torch.where(mask > 0, score, torch.full_like(score, -1.0))  # pruned weights stay pruned
-            mask = top_k_per_group(ranked, group, k)
-            score, _ = _saliency(data, inputs, weights, labels, mask)
+        exponents = torch.arange(1, rounds + 1, dtype=torch.float64, device=sizes.device) / rounds
+        counts = torch.round(keep.double().to(sizes.device).unsqueeze(1) ** exponents * sizes.unsqueeze(1))
+        counts = counts.long().clamp(min=1)  # (M, rounds)
+    saliency, mask, score = saliency_rounds(data, inputs, weights, counts)
+    magnitude = torch.log(weights.abs() + 1e-8)
+    columns = [standardise_per_graph(magnitude, group, n_groups),
+               standardise_per_graph(torch.log(saliency + 1e-12), group, n_groups)]
+    if rounds:
         columns += [mask, standardise_per_graph(torch.log(score * mask + 1e-12), group, n_groups)]
     return torch.stack(columns, dim=1)
 

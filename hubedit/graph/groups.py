@@ -21,10 +21,12 @@ def rank_within_groups(score: torch.Tensor, group: torch.Tensor, n_groups: int):
     sizes = torch.bincount(group, minlength=n_groups)
     starts = torch.cumsum(sizes, 0) - sizes
     by_score = torch.argsort(score, descending=True, stable=True)
-    order = by_score.index_select(0, torch.argsort(group.index_select(0, by_score), stable=True))
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=order.device)
-    return rank - starts.index_select(0, group), order, starts, sizes
+    if n_groups == 1:  # one graph: the score order is the order
+        order = by_score
+    else:
+        order = by_score.index_select(0, torch.argsort(group.index_select(0, by_score), stable=True))
+    rank = torch.empty_like(order).index_copy_(0, order, torch.arange(order.shape[0], device=order.device))
+    return (rank if n_groups == 1 else rank - starts.index_select(0, group)), order, starts, sizes
 
 
 def top_k_per_group(score: torch.Tensor, group: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -30,21 +30,19 @@ from pathlib import Path
 import torch
 
 from .. import native
+from ..native import ACT_CODES, NORM_CODES  # noqa: F401  (the codes of layer_kernels.h, used by the trainer)
 from ..native import compiler as _compiler  # a module global, so that tests can replace it
 
 _KERNELS = Path(__file__).with_name("kernels")
 #: compiled and linked into one library; the header is part of the cache key
 SOURCES = (_KERNELS / "group_layer.cpp", _KERNELS / "group_step.cpp")
-HEADERS = (_KERNELS / "layer_kernels.h",)
+HEADERS = (_KERNELS / "layer_kernels.h", _KERNELS / "gemm.h")
 #: limits of the whole-step kernel (group_step.cpp's kMaxLayers / kMaxBlocks): deeper models train with
 #: the torch formulation. Hidden layer l has at most l input blocks (the previous layer and skips from
 #: earlier ones), so MAX_BLOCKS = MAX_LAYERS is never the binding limit.
 MAX_LAYERS = 8
 MAX_BLOCKS = 8
 _LINK = ["-lmvec", "-lm"]
-
-NORM_CODES = {"none": 0, "batchnorm": 1, "layernorm": 2}
-ACT_CODES = {"relu": 0, "leaky_relu": 1, "gelu": 2, "silu": 3, "tanh": 4, "sigmoid": 5}
 
 
 def stores_slope(activations) -> bool:

@@ -1,0 +1,341 @@
+// The calibration features' saliency passes (hubedit/graph/calibration.py), one model at a time, in C++
+// (hubedit/graph/saliency_kernel.py builds and calls this file; SaliencyPass in saliency.py is the torch
+// formulation, the reference to float rounding).
+//
+// For each model: the saliency |w * dL/dw| of every weight on the calibration inputs x (B, F), L the mean
+// cross-entropy against the model's own predictions (argmax of its dense logits, first maximum on ties);
+// then `rounds` rounds of iterative pruning: round r keeps the k[r] highest scores among the weights still
+// kept (ties by position), and takes the saliency again on the masked model against the same labels.
+//
+// Conventions (hubedit/graph/layout.py): a model's weights are its blocks in order, block l (destination
+// layer l = 1..depth+1) a (rows, cols) row-major matrix whose columns are its parts' source layers side by
+// side; node values are (N, 5) rows [bias, norm weight, norm bias, running mean, running var], layer l's
+// nodes at node offset `node`; hidden layers apply the norm (BatchNorm with its running statistics,
+// LayerNorm over the layer) and the activation, the output layer neither.
+//
+// The plan of a model (int64): edge offset, node offset, depth, activation code, norm code, blocks, then per
+// block: start (edge offset in the model), rows, cols, node offset of its layer (in the model), parts, and
+// per part: source layer, first column, end column.
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <exception>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "../../zoo/kernels/gemm.h"
+#include "../../zoo/kernels/layer_kernels.h"
+
+namespace {
+
+constexpr int kBias = 0, kNormWeight = 1, kNormBias = 2, kRunningMean = 3, kRunningVar = 4, kNodeFeatures = 5;
+
+struct Part {
+  int64_t src, c0, c1;
+};
+
+struct BlockPlan {
+  int64_t start, rows, cols, node;
+  std::vector<Part> parts;
+};
+
+struct ModelPlan {
+  int64_t edge_off, node_off, depth, act, norm;
+  std::vector<BlockPlan> blocks;
+  int64_t n_edges = 0;
+};
+
+ModelPlan parse(const int64_t* p) {
+  ModelPlan m;
+  m.edge_off = p[0], m.node_off = p[1], m.depth = p[2], m.act = p[3], m.norm = p[4];
+  const int64_t n_blocks = p[5];
+  p += 6;
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    BlockPlan b{p[0], p[1], p[2], p[3], {}};
+    const int64_t n_parts = p[4];
+    p += 5;
+    for (int64_t j = 0; j < n_parts; ++j, p += 3) b.parts.push_back({p[0], p[1], p[2]});
+    m.n_edges += b.rows * b.cols;
+    m.blocks.push_back(std::move(b));
+  }
+  return m;
+}
+
+inline bool finite_bits(float v) {  // -ffast-math may fold isfinite away: test the exponent bits
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  return (u & 0x7f800000u) != 0x7f800000u;
+}
+
+// One model's saliency passes, with buffers reused across passes and models.
+struct Model {
+  const ModelPlan& plan;
+  const float* x;  // (B, F)
+  int64_t B, F;
+  const float* w;      // the model's weights (n_edges)
+  const float* nodes;  // the model's node values (n_nodes, 5)
+  float eps;
+  std::vector<int64_t> width;             // width of layer l (0: F)
+  std::vector<std::vector<float>> acts;   // (B, width[l]) per layer; acts[0] unused (x)
+  std::vector<std::vector<float>> pre;    // hidden layers: pre-activation (after the norm)
+  std::vector<std::vector<float>> xhat;   // LayerNorm: normalised z (before its affine map)
+  std::vector<std::vector<float>> rstd;   // LayerNorm: per row; BatchNorm: per unit (times the norm weight)
+  std::vector<std::vector<float>> grads;  // dL/d acts[l]
+  std::vector<float> wm, wt, gw, gz, probs;
+  std::vector<int64_t> labels;
+
+  Model(const ModelPlan& p, const float* x_, int64_t B_, int64_t F_, const float* ev, const float* nv, float eps_)
+      : plan(p), x(x_), B(B_), F(F_), w(ev + p.edge_off), nodes(nv + p.node_off * kNodeFeatures), eps(eps_) {
+    const size_t L = p.blocks.size() + 1;
+    width.assign(L, F);
+    for (size_t i = 0; i < p.blocks.size(); ++i) width[i + 1] = p.blocks[i].rows;
+    acts.resize(L), pre.resize(L), xhat.resize(L), rstd.resize(L), grads.resize(L);
+    int64_t biggest = 0;
+    for (size_t l = 1; l < L; ++l) {
+      acts[l].resize(B * width[l]), grads[l].resize(B * width[l]);
+      if ((int64_t)l <= p.depth) pre[l].resize(B * width[l]);
+      if (p.norm == 2) xhat[l].resize(B * width[l]), rstd[l].resize(B);
+      if (p.norm == 1) rstd[l].resize(width[l]);
+    }
+    for (const auto& b : p.blocks) biggest = std::max(biggest, b.rows * b.cols);
+    wm.resize(biggest), wt.resize(biggest), gw.resize(biggest);
+    labels.resize(B);
+  }
+
+  const float* act_of(int64_t l) const { return l == 0 ? x : acts[l].data(); }
+  const float* node(int64_t block, int col) const { return nodes + plan.blocks[block].node * kNodeFeatures + col; }
+
+  template <int NORM, int ACT>
+  void hidden_forward(int64_t l) {  // acts[l] holds z; norm and activation in place, keeping what backward needs
+    const int64_t n = width[l];
+    const float* nd = nodes + plan.blocks[l - 1].node * kNodeFeatures;
+    float *__restrict z = acts[l].data(), *__restrict pr = pre[l].data();
+    if constexpr (NORM == 1)
+      for (int64_t u = 0; u < n; ++u)
+        rstd[l][u] = nd[u * kNodeFeatures + kNormWeight] / sqrtf(nd[u * kNodeFeatures + kRunningVar] + eps);
+    for (int64_t b = 0; b < B; ++b) {
+      float* __restrict zr = z + b * n;
+      float* __restrict pb = pr + b * n;
+      if constexpr (NORM == 2) {
+        float s = 0.f, v = 0.f;
+        for (int64_t u = 0; u < n; ++u) s += zr[u];
+        const float mean = s / (float)n;
+        for (int64_t u = 0; u < n; ++u) v += (zr[u] - mean) * (zr[u] - mean);
+        const float r = 1.f / sqrtf(v / (float)n + eps);
+        rstd[l][b] = r;
+        float* __restrict xh = xhat[l].data() + b * n;
+        for (int64_t u = 0; u < n; ++u) {
+          xh[u] = (zr[u] - mean) * r;
+          pb[u] = xh[u] * nd[u * kNodeFeatures + kNormWeight] + nd[u * kNodeFeatures + kNormBias];
+        }
+      } else if constexpr (NORM == 1) {
+        for (int64_t u = 0; u < n; ++u)
+          pb[u] = (zr[u] - nd[u * kNodeFeatures + kRunningMean]) * rstd[l][u] + nd[u * kNodeFeatures + kNormBias];
+      } else {
+        for (int64_t u = 0; u < n; ++u) pb[u] = zr[u];
+      }
+      for (int64_t u = 0; u < n; ++u) zr[u] = act_value<ACT>(pb[u]);
+    }
+  }
+
+  template <int NORM, int ACT>
+  void hidden_backward(int64_t l, float* __restrict out) {  // dL/dz of layer l from dL/d acts[l]
+    const int64_t n = width[l];
+    const float* nd = nodes + plan.blocks[l - 1].node * kNodeFeatures;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* __restrict g = grads[l].data() + b * n;
+      const float* __restrict pb = pre[l].data() + b * n;
+      float* __restrict o = out + b * n;
+      for (int64_t u = 0; u < n; ++u) o[u] = g[u] * act_slope<ACT>(pb[u]);
+      if constexpr (NORM == 1) {
+        for (int64_t u = 0; u < n; ++u) o[u] *= rstd[l][u];
+      } else if constexpr (NORM == 2) {
+        const float* __restrict xh = xhat[l].data() + b * n;
+        float s = 0.f, sx = 0.f;
+        for (int64_t u = 0; u < n; ++u) {
+          o[u] *= nd[u * kNodeFeatures + kNormWeight];
+          s += o[u], sx += o[u] * xh[u];
+        }
+        const float ms = s / (float)n, msx = sx / (float)n, r = rstd[l][b];
+        for (int64_t u = 0; u < n; ++u) o[u] = (o[u] - ms - xh[u] * msx) * r;
+      }
+    }
+  }
+
+  template <typename Fn>
+  void dispatch(Fn&& fn) {
+    const int64_t nrm = plan.norm, act = plan.act;
+#define HUBEDIT_CASE(N, A) \
+  if (nrm == N && act == A) return fn.template operator()<N, A>();
+#define HUBEDIT_ACTS(N) \
+  HUBEDIT_CASE(N, 0) HUBEDIT_CASE(N, 1) HUBEDIT_CASE(N, 2) HUBEDIT_CASE(N, 3) HUBEDIT_CASE(N, 4) HUBEDIT_CASE(N, 5)
+    HUBEDIT_ACTS(0) HUBEDIT_ACTS(1) HUBEDIT_ACTS(2)
+#undef HUBEDIT_ACTS
+#undef HUBEDIT_CASE
+  }
+
+  // the block's masked weights, row-major (rows, cols) into wm, and transposed (cols, rows) into wt when
+  // `transposed` (the forward pass's form)
+  void masked(const BlockPlan& bp, const float* mask, bool transposed) {
+    const int64_t rows = bp.rows, cols = bp.cols, n = rows * cols;
+    const float* __restrict wb = w + bp.start;
+    float* __restrict m_ = wm.data();
+    if (mask) {
+      const float* __restrict mb = mask + bp.start;
+#pragma omp simd
+      for (int64_t e = 0; e < n; ++e) m_[e] = wb[e] * mb[e];
+    } else {
+      memcpy(m_, wb, sizeof(float) * n);
+    }
+    if (transposed)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) wt[c * rows + r] = m_[r * cols + c];
+  }
+
+  // |w * dL/dw| of the model masked by `mask` (null: dense) into sal; labels are taken when `own`.
+  // Returns false where a saliency is not finite. The products are gemm.h's register-tiled ones.
+  bool pass(const float* mask, bool own, float* sal) {
+    const auto& blocks = plan.blocks;
+    const int64_t nb = (int64_t)blocks.size();
+    // forward
+    for (int64_t i = 0; i < nb; ++i) {
+      const BlockPlan& bp = blocks[i];
+      const int64_t rows = bp.rows, cols = bp.cols, l = i + 1;
+      masked(bp, mask, true);
+      float* __restrict z = acts[l].data();
+      const float* nd = nodes + bp.node * kNodeFeatures;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t r = 0; r < rows; ++r) z[b * rows + r] = nd[r * kNodeFeatures + kBias];
+      for (const Part& pt : bp.parts)  // z += a_src @ W[:, c0:c1]^T
+        gemm(B, rows, pt.c1 - pt.c0, act_of(pt.src), width[pt.src], 1, wt.data() + pt.c0 * rows, rows, z, rows, true);
+      if (l <= plan.depth) dispatch([&]<int N, int A>() { hidden_forward<N, A>(l); });
+    }
+    // loss gradient wrt the logits: (softmax - onehot) / B
+    const int64_t out_l = nb, C = width[out_l];
+    float* logits = acts[out_l].data();
+    probs.resize(B * C);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* lr = logits + b * C;
+      if (own) {
+        int64_t arg = 0;
+        for (int64_t c = 1; c < C; ++c)
+          if (lr[c] > lr[arg]) arg = c;
+        labels[b] = arg;
+      }
+      float mx = lr[0];
+      for (int64_t c = 1; c < C; ++c) mx = fmaxf(mx, lr[c]);
+      float se = 0.f;
+      for (int64_t c = 0; c < C; ++c) se += expf(lr[c] - mx);
+      for (int64_t c = 0; c < C; ++c)
+        probs[b * C + c] = (expf(lr[c] - mx) / se - (c == labels[b] ? 1.f : 0.f)) / (float)B;
+    }
+    for (int64_t l = 1; l < out_l; ++l) std::fill(grads[l].begin(), grads[l].end(), 0.f);
+    // backward, block after block from the output
+    for (int64_t i = nb - 1; i >= 0; --i) {
+      const BlockPlan& bp = blocks[i];
+      const int64_t rows = bp.rows, cols = bp.cols, l = i + 1;
+      const float* g;
+      if (l == out_l) {
+        g = probs.data();
+      } else {
+        gz.resize(B * rows);
+        dispatch([&]<int N, int A>() { hidden_backward<N, A>(l, gz.data()); });
+        g = gz.data();
+      }
+      masked(bp, mask, false);
+      float* __restrict gw_ = gw.data();  // dL/d(masked weight), row-major (rows, cols)
+      for (const Part& pt : bp.parts) {
+        const int64_t ws = width[pt.src], nc = pt.c1 - pt.c0;
+        // dW[:, c0:c1] = g^T @ a_src;  d a_src += g @ W[:, c0:c1]
+        gemm(rows, nc, B, g, 1, rows, act_of(pt.src), ws, gw_ + pt.c0, cols, false);
+        if (pt.src != 0) gemm(B, nc, rows, g, rows, 1, wm.data() + pt.c0, cols, grads[pt.src].data(), ws, true);
+      }
+      bool finite = true;
+      const float* __restrict wb = w + bp.start;
+      const float* __restrict mb = mask ? mask + bp.start : nullptr;
+      float* __restrict sb = sal + bp.start;
+      for (int64_t e = 0; e < rows * cols; ++e) {
+        const float s = fabsf(wb[e] * gw_[e] * (mb ? mb[e] : 1.f));
+        sb[e] = s;
+        finite &= finite_bits(s);
+      }
+      if (!finite) return false;
+    }
+    return true;
+  }
+};
+
+// the k highest of score among the kept weights (mask > 0), ties by position, as a new 0/1 mask
+void top_k(const float* score, float* mask, int64_t n, int64_t k, std::vector<int64_t>& order, std::vector<float>& key) {
+  order.resize(n), key.resize(n);
+  for (int64_t i = 0; i < n; ++i) key[i] = mask[i] > 0.f ? score[i] : -1.f;
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
+  std::fill(mask, mask + n, 0.f);
+  for (int64_t i = 0; i < std::min(k, n); ++i) mask[order[i]] = 1.f;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Saliency features of n_models models (plans at plan + plan_off[m]) on x (B, F), split over n_threads:
+// sal0 (E) the dense saliency; with rounds > 0 also mask (E) and score (E), the last round's mask and
+// saliency, k (n_models, rounds) the weights each round keeps. Returns 0, 1 where a saliency is not finite
+// (the outputs are then incomplete), -2 where memory or threads ran out.
+int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64_t* plan_off, const float* eps,
+                              const float* x, int64_t B, int64_t F, const float* edge_values, const float* node_values,
+                              int64_t rounds, const int64_t* k, float* sal0, float* mask, float* score,
+                              int64_t n_threads) {
+  try {
+    std::vector<ModelPlan> plans;
+    plans.reserve(n_models);
+    for (int64_t m = 0; m < n_models; ++m) plans.push_back(parse(plan + plan_off[m]));
+    std::vector<int> status((size_t)std::max<int64_t>(n_threads, 1), 0);
+    auto work = [&](int64_t t, int64_t nt) {
+      std::vector<int64_t> order;
+      std::vector<float> key;
+      for (int64_t m = t; m < n_models; m += nt) {
+        const ModelPlan& p = plans[m];
+        Model md(p, x, B, F, edge_values, node_values, eps[m]);
+        float* s0 = sal0 + p.edge_off;
+        if (!md.pass(nullptr, true, s0)) {
+          status[t] = 1;
+          return;
+        }
+        if (rounds == 0) continue;
+        float* mk = mask + p.edge_off;
+        float* sc = score + p.edge_off;
+        std::fill(mk, mk + p.n_edges, 1.f);
+        memcpy(sc, s0, sizeof(float) * p.n_edges);
+        for (int64_t r = 0; r < rounds; ++r) {
+          top_k(sc, mk, p.n_edges, k[m * rounds + r], order, key);
+          if (!md.pass(mk, false, sc)) {
+            status[t] = 1;
+            return;
+          }
+        }
+      }
+    };
+    const int64_t nt = std::max<int64_t>(1, std::min(n_threads, n_models));
+    std::vector<std::thread> pool;
+    try {
+      for (int64_t t = 1; t < nt; ++t) pool.emplace_back(work, t, nt);
+    } catch (const std::exception&) {  // no more threads: join the started ones, then give up
+      for (auto& th : pool) th.join();
+      return -2;
+    }
+    work(0, nt);
+    for (auto& th : pool) th.join();
+    for (int s : status)
+      if (s) return s;
+    return 0;
+  } catch (const std::exception&) {
+    return -2;
+  }
+}
+
+}  // extern "C"
