@@ -19,6 +19,8 @@ the chunked path (``--unfused``): before / after comparisons in one run.
     python scripts/bench_edit.py                       # default metanetwork (hidden 64, edge 32, 4 layers)
     python scripts/bench_edit.py --torch-loop --threads 1
     python scripts/bench_edit.py --edge-hidden 32 64 --activation relu silu --unfused
+    python scripts/bench_edit.py --editor model_cards/prune-edit-adult --graph-torch   # a reference editor, with and
+                                                                # without the C++ calibration and refit kernels
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from hubedit.graph import batch_to_mlps, mlps_to_batch
+from hubedit.graph import batch_to_mlps, mlps_to_batch, native_kernels
 from hubedit.metanet import GraphMetanetwork, edge_kernel
 from hubedit.mlp import ACTIVATIONS, MLP, NORMS, MLPConfig
 
@@ -94,6 +96,15 @@ def make_editor(net: GraphMetanetwork, path: str) -> Callable[[list[MLP]], list[
     return edit_unfused
 
 
+def _without_graph_kernels(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the C++ saliency and refit kernels off (their torch formulations)."""
+    native_kernels.USE = False
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        native_kernels.USE = True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=64)
@@ -110,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--editor", action="append", default=[], metavar="FOLDER",
                     help="also time Editor.edit / edit_many of this saved editor (a target-conditioned one at --target); "
                          "its calibration passes, masks and records included")
+    ap.add_argument("--graph-torch", action="store_true",
+                    help="also time each --editor with its calibration features and refit in their torch formulations "
+                         "(hubedit.graph.native_kernels.USE = False): the before of the graph kernels, in the same run")
     ap.add_argument("--target", type=float, default=0.2, help="target of target-conditioned --editor runs")
     ap.add_argument("--dm-target", type=float, default=None,
                     help="kept features of target-conditioned data-minimisation --editor runs (default: mid-range)")
@@ -160,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         extra += f", target={kw['target']:g}" if kw else ""
         name = f"Editor {Path(folder).name} ({extra.lstrip(', ') or 'no calibration'})"
         editors[name] = lambda models, ed=ed, kw=kw: ed.edit_many(models, batch_size=args.batch_size, **kw)
+        if args.graph_torch:
+            editors[name.replace("Editor ", "Editor (torch calibration + refit) ", 1)] = (
+                lambda models, ed=ed, kw=kw: _without_graph_kernels(ed.edit_many, models, batch_size=args.batch_size, **kw))
     edits = {name: make_editor(net, path) for name, (net, path) in variants.items()} | editors
     for name, edit in edits.items():
         single_fns[name] = lambda edit=edit: edit([single])

@@ -196,3 +196,26 @@ def test_kernel_failures_become_python_errors():
     with pytest.raises(RuntimeError, match="width 24 is not one of"):
         edge_kernel._check(-1, 24, 1000)
     edge_kernel._check(0, 32, 1000)
+
+
+@needs_kernel
+def test_cached_kernel_weights_follow_changed_parameters():
+    """The inference path keeps its kernel weights between calls (BidirectionalLayer._kernel_weights); an optimiser
+    step or a loaded state dict changes the parameters in place, and the next edit must use the new ones."""
+    net = make_net(seed=7, perturb=True, hidden=32, activation="relu")
+    batch = mlps_to_batch(task_models(4, seed=8))
+    with torch.no_grad():
+        before = net(batch).edge_values
+        net(batch)  # the cached weights reused
+        for layer in net.layers:
+            layer.edge_out.weight.mul_(1.5)  # in place, as an optimiser step
+            layer.fwd_src.weight.add_(0.1)
+        after = net(batch).edge_values
+    assert not torch.allclose(before, after)
+    slow = net(batch)  # the autograd path, no cache
+    torch.testing.assert_close(after, slow.edge_values.detach(), rtol=1e-5, atol=1e-5)
+    other = make_net(seed=9, perturb=True, hidden=32, activation="relu")
+    net.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(net(batch).edge_values, other(batch).edge_values, rtol=0, atol=0)
+    assert all("_kernel_cache" not in k for k in net.state_dict())

@@ -76,16 +76,19 @@ def wheel_members(tmp_path_factory) -> set[str]:
 
 
 def test_wheel_holds_every_kernel_source(wheel_members):
+    from hubedit.graph import native_kernels
     from hubedit.metanet import edge_kernel
     from hubedit.zoo import fused
 
-    kernel_files = _source_files(PACKAGE / "zoo" / "kernels") + _source_files(PACKAGE / "metanet" / "kernels")
+    kernel_files = [f for d in ("zoo", "metanet", "graph") for f in _source_files(PACKAGE / d / "kernels")]
     assert "hubedit/zoo/kernels/layer_kernels.h" in kernel_files
     assert "hubedit/metanet/kernels/edge_layer.cpp" in kernel_files
+    assert {"hubedit/graph/kernels/saliency.cpp", "hubedit/graph/kernels/refit.cpp"} <= set(kernel_files)
     missing = [f for f in kernel_files if f not in wheel_members]
     assert not missing, f"kernel files missing from the wheel (an installed hubedit trains on the torch fallback): {missing}"
     # and exactly the files the kernel build reads (fused.SOURCES / HEADERS), wherever they live
-    read = [p.resolve().relative_to(ROOT).as_posix() for p in (*fused.SOURCES, *fused.HEADERS, *edge_kernel.SOURCES)]
+    read = [p.resolve().relative_to(ROOT).as_posix()
+            for p in (*fused.SOURCES, *fused.HEADERS, *edge_kernel.SOURCES, *native_kernels.SOURCES, *native_kernels.HEADERS)]
     assert [f for f in read if f not in wheel_members] == []
 
 

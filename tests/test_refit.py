@@ -327,3 +327,46 @@ def test_refit_variants_solved_together_equal_separate_refits_and_carry_their_lo
     again = jsd_from_logits(reference, functional_forward(batch, x.double(), chosen.edge_values, chosen.node_values,
                                                           edge_mask=chosen.edge_mask)).mean(-1)
     torch.testing.assert_close(again, best, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.skipif(not __import__("hubedit.graph.native_kernels", fromlist=["available"]).available(),
+                    reason="no C++ compiler here: the graph kernels are not built")
+def test_refit_kernel_equals_the_torch_formulation_in_float64():
+    """The C++ refit (float32 inputs, float64 solves; hubedit/graph/kernels/refit.cpp) against refit_variants' torch
+    formulation run in float64, for both variants, on mixed architectures (every norm, skips, six activations),
+    with edited node values (biases and norm parameters moved) as the anchor."""
+    from hubedit.graph import mlps_to_batch, native_kernels
+    from hubedit.graph.encoding import COL_BIAS, COL_NORM_WEIGHT
+    from hubedit.graph.refit import refit_variants
+
+    archs = ARCHS + [dict(hidden=(6, 10), activation=a, norm=n) for a, n in
+                     (("silu", "layernorm"), ("sigmoid", "batchnorm"), ("relu", "batchnorm"))]
+    originals = [model(archs[i % len(archs)], 80 + i) for i in range(len(archs) + 3)]  # some configs twice
+    pruned = [baselines.magnitude_prune(m, 0.3 + 0.05 * (i % 3)) for i, m in enumerate(originals)]
+    batch, edited = mlps_to_batch(originals), mlps_to_batch(pruned)
+    keep = (edited.edge_attr.reshape(-1) != 0).float()
+    nv = edited.x.clone()
+    nv[:, COL_BIAS] += 0.05 * torch.randn(nv.shape[0], generator=torch.Generator().manual_seed(3))
+    nv[:, COL_NORM_WEIGHT] *= 1.1
+    ev = edited.edge_attr.reshape(-1) + 0.01  # the anchor differs from the kept weights too
+    x = inputs(256, 11)
+    assert native_kernels.available()
+    got, got_ref = refit_variants(batch, x, ev, nv, keep, ridge=0.01, reselect=(False, True))
+    double = batch.clone()
+    double.edge_attr, double.x = batch.edge_attr.double(), batch.x.double()
+    expect, expect_ref = refit_variants(double, x.double(), ev.double(), nv.double(), keep.double(), ridge=0.01,
+                                        reselect=(False, True))
+    torch.testing.assert_close(got_ref.double(), expect_ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, expect):
+        assert torch.equal(a.keep.double(), b.keep)
+        assert float(a.keep.sum()) == float(keep.sum())
+        torch.testing.assert_close(a.edge_values.double(), b.edge_values, rtol=1e-3, atol=2e-4)
+        torch.testing.assert_close(a.node_values.double(), b.node_values, rtol=1e-3, atol=2e-4)
+        torch.testing.assert_close(a.logits.double(), b.logits, rtol=1e-3, atol=2e-4)
+        assert bool((a.edge_values[a.keep == 0] == 0).all())
+    assert not torch.equal(got[1].keep, got[0].keep)  # the reselected mask is another one
+    # gradients wanted: the torch formulation runs (the kernel has no backward)
+    ev_g = ev.clone().requires_grad_(True)
+    (new,), _ = refit_variants(batch, x, ev_g, nv, keep, ridge=0.01)
+    new.edge_values.sum().backward()
+    assert ev_g.grad is not None and float(ev_g.grad.abs().sum()) > 0

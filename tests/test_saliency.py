@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hubedit.graph import functional_forward, mlps_to_batch
+from hubedit.graph import native_kernels
 from hubedit.graph.saliency import SaliencyPass
 from hubedit.mlp import ACTIVATIONS, MLP, MLPConfig
 
@@ -78,16 +79,14 @@ def torch_rounds(data, x, weights, counts):
     """saliency_rounds through the torch formulation (SaliencyPass), the kernel's reference."""
     from hubedit.graph import saliency
 
-    lib = saliency._library
     try:
-        saliency._library = lambda: None
+        native_kernels.USE = False
         return saliency.saliency_rounds(data, x, weights, counts)
     finally:
-        saliency._library = lib
+        native_kernels.USE = True
 
 
-@pytest.mark.skipif(not __import__("hubedit.graph.saliency", fromlist=["x"]).kernel_available(),
-                    reason="no C++ compiler here: the saliency kernel is not built")
+@pytest.mark.skipif(not native_kernels.available(), reason="no C++ compiler here: the graph kernels are not built")
 @pytest.mark.parametrize("norm", ["none", "batchnorm", "layernorm"])
 def test_saliency_kernel_equals_torch_formulation(norm):
     from hubedit.graph.saliency import saliency_rounds
@@ -125,3 +124,40 @@ def test_saliency_falls_back_to_torch_where_not_finite():
     ref, _ = autograd_saliency(data, x, data.edge_attr.reshape(-1).float())
     torch.testing.assert_close(dense, ref, equal_nan=True)
     assert not bool(torch.isfinite(dense).all())
+
+
+def test_failed_build_falls_back_to_the_torch_formulations(monkeypatch, tmp_path):
+    """A compiler that fails leaves the calibration features and the refit on their torch formulations, with a
+    warning that says why, and the same results to float rounding."""
+    import shutil
+    import warnings
+
+    from hubedit.graph.calibration import calibration_features
+    from hubedit.graph.refit import refit_values
+
+    models = _models("layernorm")[:4]
+    batch = mlps_to_batch(models)
+    x = torch.randn(64, 5, generator=torch.Generator().manual_seed(4))
+    keep = torch.tensor([0.3, 0.5, 0.2, 0.4], dtype=torch.float64)
+    mask = (torch.rand(batch.edge_attr.shape[0], generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    built = native_kernels.available()
+    fast = (calibration_features(batch, x, keep=keep, rounds=3),
+            refit_values(batch, x, batch.edge_attr.reshape(-1), batch.x, mask, ridge=0.01))
+    monkeypatch.setenv("HUBEDIT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setattr(native_kernels, "_compiler", lambda: shutil.which("false") or "false")
+    native_kernels._load.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not native_kernels.available()
+        assert any("graph kernels (saliency, refit) unavailable" in str(w.message) for w in caught)
+        slow = (calibration_features(batch, x, keep=keep, rounds=3),
+                refit_values(batch, x, batch.edge_attr.reshape(-1), batch.x, mask, ridge=0.01))
+        assert not list((tmp_path / "kernels").glob("*.so"))
+    finally:
+        native_kernels._load.cache_clear()
+    if built:  # the kernels' results equal the torch formulations' (a near-tie may flip one kept weight)
+        assert float((fast[0][:, 2] != slow[0][:, 2]).float().mean()) < 0.01
+        torch.testing.assert_close(fast[0][:, :2], slow[0][:, :2], rtol=1e-3, atol=1e-3)
+        for a, b in zip(fast[1], slow[1]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -23,6 +23,7 @@ from .build import graph_offsets
 from .encoding import COL_BIAS, NODE_FEATURES
 from .functional import group_by_config, norm_and_activation
 from .layout import graph_layout
+from .native_kernels import check_rc, library, model_plans
 
 
 class Refit(NamedTuple):
@@ -86,6 +87,11 @@ def refit_variants(
     configs, node_off, edge_off = graph_offsets(data)
     ev = edge_values.reshape(-1)
     keep = keep.reshape(-1).to(ev.dtype)
+    if _kernel_applies(data, x, ev, node_values, keep):
+        out = _kernel_variants(configs, node_off, edge_off, data, x, ev, node_values, keep, ridge, reselect,
+                               edge_values.shape)
+        if out is not None:
+            return out
     dev, dtype = ev.device, ev.dtype
     orig_ev, orig_nv = data.edge_attr.reshape(-1).to(dtype), data.x.to(dtype)
     x = x.to(device=dev, dtype=dtype)
@@ -167,3 +173,42 @@ def _wanda_mask(weights: torch.Tensor, inputs: torch.Tensor, keep: torch.Tensor)
     positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)
     return (rank < count.unsqueeze(1)).to(keep.dtype).view_as(keep)
+
+
+def _kernel_applies(data: Data, x: torch.Tensor, ev: torch.Tensor, node_values: torch.Tensor, keep: torch.Tensor) -> bool:
+    """Whether the C++ refit (``kernels/refit.cpp``) computes this call: float32 CPU values, no gradient wanted,
+    a 0/1 mask, and the kernels built."""
+    tensors = (ev, node_values, keep, x, data.edge_attr, data.x)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return library() is not None and bool(((keep == 0) | (keep == 1)).all())
+
+
+def _kernel_variants(configs, node_off, edge_off, data, x, ev, node_values, keep, ridge, reselect, shape):
+    """:func:`refit_variants` by the C++ refit; None where a system was not positive definite (the torch
+    formulation then reports it its own way)."""
+    plan, starts, eps = model_plans(configs, node_off, edge_off)
+    n_models, v, n_edges, n_nodes = len(configs), len(reselect), ev.shape[0], node_values.shape[0]
+    classes, batch = configs[0].out_features, x.shape[0]
+    x = x.detach().contiguous()
+    orig_ev, orig_nv = data.edge_attr.detach().reshape(-1).contiguous(), data.x.detach().contiguous()
+    ev, nv, keep = ev.detach().contiguous(), node_values.detach().contiguous(), keep.detach().contiguous()
+    out_ev, out_keep = torch.empty(v, n_edges), torch.empty(v, n_edges)
+    out_bias = nv[:, COL_BIAS].repeat(v, 1)  # input nodes keep theirs; the kernel writes every other node's
+    logits, orig_logits = torch.empty(v, n_models, batch, classes), torch.empty(n_models, batch, classes)
+    flags = torch.tensor([bool(r) for r in reselect], dtype=torch.uint8)
+    rc = library().hubedit_refit_variants(
+        n_models, plan.data_ptr(), starts.data_ptr(), eps.data_ptr(), x.data_ptr(), batch, x.shape[1],
+        orig_ev.data_ptr(), orig_nv.data_ptr(), ev.data_ptr(), nv.data_ptr(), keep.data_ptr(), float(ridge), v,
+        flags.data_ptr(), n_edges, n_nodes, classes, out_ev.data_ptr(), out_bias.data_ptr(), out_keep.data_ptr(),
+        logits.data_ptr(), orig_logits.data_ptr(), torch.get_num_threads())
+    check_rc(rc, "refit kernel")
+    if rc != 0:
+        return None
+    out = []
+    for i in range(v):
+        out_nv = torch.cat([nv[:, :COL_BIAS], out_bias[i].unsqueeze(1), nv[:, COL_BIAS + 1:]], dim=1)
+        out.append(Refit(out_ev[i].view(shape), out_nv, out_keep[i] if reselect[i] else keep, logits[i]))
+    return out, orig_logits

@@ -12,15 +12,10 @@ and the six MLP activations): the same values as autograd, to float rounding (te
 
 from __future__ import annotations
 
-import ctypes
-import functools
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Data
 
-from .. import native
 from ..mlp.config import LEAKY_RELU_SLOPE
 from ..mlp.module import activation_fn
 from .build import graph_offsets
@@ -28,7 +23,7 @@ from .encoding import COL_BIAS, COL_NORM_BIAS, COL_NORM_WEIGHT, COL_RUNNING_MEAN
 from .functional import group_by_config
 from .groups import edge_graph_index, top_k_per_group
 from .layout import graph_layout
-from ..native import compiler as _compiler  # a module global, so that tests can replace it
+from .native_kernels import check_rc, library, model_plans
 
 aten = torch.ops.aten
 
@@ -187,40 +182,6 @@ class SaliencyPass:
         return flat, out
 
 
-# --- the C++ kernel (kernels/saliency.cpp): every pass of every model in one call -----------------------------
-_SOURCES = (Path(__file__).with_name("kernels") / "saliency.cpp",)
-_HEADERS = tuple(Path(__file__).parents[1] / "zoo" / "kernels" / h for h in ("layer_kernels.h", "gemm.h"))
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    lib = native.load_or_warn("saliency kernel", "saliency", _compiler() if native.enabled() else None, _SOURCES,
-                              _HEADERS, ["-pthread", "-lmvec", "-lm"])
-    if lib is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.hubedit_saliency_features.argtypes = [i64, p, p, p, p, i64, i64, p, p, i64, p, p, p, p, i64]
-    lib.hubedit_saliency_features.restype = ctypes.c_int
-    return lib
-
-
-def kernel_available() -> bool:
-    """Whether the C++ saliency kernel is built and loaded here (``HUBEDIT_FUSED_KERNELS=0`` turns it off)."""
-    return _library() is not None
-
-
-@functools.lru_cache(maxsize=4096)
-def _config_plan(cfg) -> tuple[int, ...]:
-    """The kernel's plan of one config, without the model's two offsets (see ``kernels/saliency.cpp``)."""
-    lay = graph_layout(cfg)
-    plan = [cfg.depth, native.ACT_CODES[cfg.activation], native.NORM_CODES[cfg.norm], len(lay.blocks)]
-    for block in lay.blocks:
-        plan += [block.start, block.rows, block.cols, lay.layer_offsets[block.dst], len(block.parts)]
-        for part in block.parts:
-            plan += [part.src, part.col_start, part.col_stop]
-    return tuple(plan)
-
-
 def saliency_rounds(data: Data, x: torch.Tensor, weights: torch.Tensor, keep_counts: torch.Tensor | None,
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The dense saliency of every weight (``E``) against the models' own labels on ``x`` ``(B, F)``, and with
@@ -231,7 +192,7 @@ def saliency_rounds(data: Data, x: torch.Tensor, weights: torch.Tensor, keep_cou
     where it is built (float32 on CPU), :class:`SaliencyPass` otherwise or where a saliency is not finite."""
     weights = weights.reshape(-1)
     rounds = 0 if keep_counts is None else keep_counts.shape[1]
-    lib = _library() if (weights.dtype == torch.float32 and weights.device.type == "cpu") else None
+    lib = library() if (weights.dtype == torch.float32 and weights.device.type == "cpu") else None
     if lib is not None:
         out = _kernel_rounds(lib, data, x, weights, keep_counts, rounds)
         if out is not None:
@@ -253,12 +214,7 @@ def _kernel_rounds(lib, data, x, weights, keep_counts, rounds):
     configs, node_off, edge_off = graph_offsets(data)
     if x.dim() != 2 or x.shape[1] != configs[0].in_features:
         raise ValueError(f"expected x of shape (B, {configs[0].in_features}), got {tuple(x.shape)}")
-    plan, starts = [], []
-    for cfg, eo, no in zip(configs, edge_off, node_off):
-        starts.append(len(plan))
-        plan += [eo, no, *_config_plan(cfg)]
-    plan_t, starts_t = torch.tensor(plan, dtype=torch.int64), torch.tensor(starts, dtype=torch.int64)
-    eps = torch.tensor([c.norm_eps for c in configs], dtype=torch.float32)
+    plan, starts, eps = model_plans(configs, node_off, edge_off)
     x = x.detach().to(torch.float32).contiguous()
     ev = weights.detach().contiguous()
     nv = data.x.detach().to(torch.float32).contiguous()
@@ -267,13 +223,11 @@ def _kernel_rounds(lib, data, x, weights, keep_counts, rounds):
     mask = torch.empty(n_edges) if rounds else dense
     score = torch.empty(n_edges) if rounds else dense
     k = (keep_counts.to(torch.int64).contiguous() if rounds else torch.zeros(1, dtype=torch.int64))
-    rc = lib.hubedit_saliency_features(len(configs), plan_t.data_ptr(), starts_t.data_ptr(), eps.data_ptr(),
+    rc = lib.hubedit_saliency_features(len(configs), plan.data_ptr(), starts.data_ptr(), eps.data_ptr(),
                                        x.data_ptr(), x.shape[0], x.shape[1], ev.data_ptr(), nv.data_ptr(), rounds,
                                        k.data_ptr(), dense.data_ptr(), mask.data_ptr(), score.data_ptr(),
                                        torch.get_num_threads())
-    if rc == -2:
-        raise MemoryError(f"saliency kernel: could not allocate its buffers or start {torch.get_num_threads()} "
-                          "threads; set fewer torch threads or edit smaller batches")
+    check_rc(rc, "saliency kernel")
     if rc != 0:
         return None  # a saliency is not finite: the torch formulation says so its own way
     return (dense, mask, score) if rounds else (dense, None, None)

@@ -38,7 +38,7 @@ def _library() -> ctypes.CDLL | None:
     if lib is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.hubedit_edge_layer_forward.argtypes = [i64] * 4 + [p] * 13 + [i64]
+    lib.hubedit_edge_layer_forward.argtypes = [i64] * 4 + [p] * 13 + [i64, i64]
     lib.hubedit_edge_layer_forward.restype = ctypes.c_int
     lib.hubedit_edge_layer_backward.argtypes = [i64] * 4 + [p] * 20 + [i64]
     lib.hubedit_edge_layer_backward.restype = ctypes.c_int
@@ -66,9 +66,11 @@ def _check(rc: int, width: int, n_nodes: int) -> None:
         raise RuntimeError(f"edge kernel failed with code {rc}")
 
 
-def _checked(e, nodes, weights, src, dst, activation):
-    """Validate the shared arguments of both directions; returns ``(n_nodes, nodes, w_cat, src, dst)`` ready for
-    the kernel (contiguous; ``w_cat = [w_f | w_b | w_e]``, ``weights = (w_f, w_e, w_b)``)."""
+def _checked(e, nodes, weights, src, dst, activation, strided: bool = False, w_cat: torch.Tensor | None = None):
+    """Validate the shared arguments of both directions; returns ``(n_nodes, nodes, w_cat, src, dst, stride)`` ready
+    for the kernel (contiguous; ``w_cat = [w_f | w_b | w_e]``, ``weights = (w_f, w_e, w_b)``). With ``strided``,
+    node terms that share a row stride (column blocks of one matrix) are passed as they are, with that stride; a
+    given contiguous ``w_cat`` is used as it is."""
     if not supports(e, activation):
         raise ValueError(f"edge kernel: expected contiguous float32 CPU edges of width {WIDTHS} and an activation "
                          f"in {sorted(ACT_CODES)}, got {tuple(e.shape)} {e.dtype} on {e.device}, {activation!r}")
@@ -76,12 +78,15 @@ def _checked(e, nodes, weights, src, dst, activation):
     n_nodes = nodes[0].shape[0]
     if src.shape != (n_edges,) or dst.shape != (n_edges,):
         raise ValueError(f"edge kernel: expected src and dst of shape ({n_edges},), got {tuple(src.shape)} and {tuple(dst.shape)}")
-    nodes = [t.contiguous() for t in nodes]
     if any(t.shape != (n_nodes, width) or t.dtype != e.dtype for t in nodes):
         raise ValueError(f"edge kernel: expected node terms of shape ({n_nodes}, {width}) and dtype {e.dtype}")
-    w_f, w_e, w_b = weights
-    w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
-    return n_nodes, nodes, w_cat, src.contiguous().long(), dst.contiguous().long()
+    stride = nodes[0].stride(0)
+    if not (strided and all(t.stride() == (stride, 1) for t in nodes) and stride >= width):
+        nodes, stride = [t.contiguous() for t in nodes], width
+    if w_cat is None or not w_cat.is_contiguous() or w_cat.shape != (width, 3 * width):
+        w_f, w_e, w_b = weights
+        w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
+    return n_nodes, nodes, w_cat, src.contiguous().long(), dst.contiguous().long(), stride
 
 
 @torch.no_grad()
@@ -99,14 +104,17 @@ def edge_layer_forward(
     dst: torch.Tensor,
     activation: str,
     head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    w_cat: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Update ``e`` (``E x k``) in place and return the summed hidden activations ``(fwd, bwd)`` (``N x k``).
 
     Arguments as :class:`~hubedit.metanet.edge_pass.EdgePass` (node terms ``N x k`` with their biases,
     weights ``k x k`` applied on the right); ``head = (vec, acc)`` adds ``e_new @ vec`` to ``acc`` per edge.
-    Only where :func:`supports` holds.
+    Node terms may be column blocks of one ``N x 4k`` matrix (read in place); ``w_cat`` may hand over
+    ``[w_f | w_b | w_e]`` already made (a caller's cache). Only where :func:`supports` holds.
     """
-    n_nodes, nodes, w_cat, src, dst = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation)
+    n_nodes, nodes, w_cat, src, dst, stride = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation,
+                                                       strided=True, w_cat=w_cat)
     n_edges, width = e.shape
     w_o = w_o.contiguous()
     fwd = e.new_zeros(n_nodes, width)
@@ -119,7 +127,7 @@ def edge_layer_forward(
     rc = _library().hubedit_edge_layer_forward(
         n_edges, n_nodes, width, ACT_CODES[activation], src.data_ptr(), dst.data_ptr(), e.data_ptr(),
         *(t.data_ptr() for t in nodes), w_cat.data_ptr(), w_o.data_ptr(), fwd.data_ptr(), bwd.data_ptr(),
-        None if vec is None else vec.data_ptr(), None if acc is None else acc.data_ptr(), torch.get_num_threads(),
+        None if vec is None else vec.data_ptr(), None if acc is None else acc.data_ptr(), stride, torch.get_num_threads(),
     )
     _check(rc, width, n_nodes)
     return fwd, bwd
@@ -146,7 +154,7 @@ def edge_layer_backward(
     """Gradients of :func:`edge_layer_forward` (without the head) with respect to
     ``(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o)``, given those of ``(e_new, fwd, bwd)`` (None: zero); the
     pre-activations are recomputed tile by tile, as :class:`~hubedit.metanet.edge_pass.EdgePass` does in chunks."""
-    n_nodes, nodes, w_cat, src, dst = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation)
+    n_nodes, nodes, w_cat, src, dst, _ = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation)
     n_edges, width = e.shape
     grads = [None if g is None else g.contiguous() for g in (g_new, g_fwd, g_bwd)]
     if (grads[0] is not None and grads[0].shape != e.shape) \

@@ -7,15 +7,7 @@
 // then `rounds` rounds of iterative pruning: round r keeps the k[r] highest scores among the weights still
 // kept (ties by position), and takes the saliency again on the masked model against the same labels.
 //
-// Conventions (hubedit/graph/layout.py): a model's weights are its blocks in order, block l (destination
-// layer l = 1..depth+1) a (rows, cols) row-major matrix whose columns are its parts' source layers side by
-// side; node values are (N, 5) rows [bias, norm weight, norm bias, running mean, running var], layer l's
-// nodes at node offset `node`; hidden layers apply the norm (BatchNorm with its running statistics,
-// LayerNorm over the layer) and the activation, the output layer neither.
-//
-// The plan of a model (int64): edge offset, node offset, depth, activation code, norm code, blocks, then per
-// block: start (edge offset in the model), rows, cols, node offset of its layer (in the model), parts, and
-// per part: source layer, first column, end column.
+// The models' layout and plans: mlp_plan.h.
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,49 +18,9 @@
 #include <thread>
 #include <vector>
 
-#include "../../zoo/kernels/gemm.h"
-#include "../../zoo/kernels/layer_kernels.h"
+#include "mlp_plan.h"
 
 namespace {
-
-constexpr int kBias = 0, kNormWeight = 1, kNormBias = 2, kRunningMean = 3, kRunningVar = 4, kNodeFeatures = 5;
-
-struct Part {
-  int64_t src, c0, c1;
-};
-
-struct BlockPlan {
-  int64_t start, rows, cols, node;
-  std::vector<Part> parts;
-};
-
-struct ModelPlan {
-  int64_t edge_off, node_off, depth, act, norm;
-  std::vector<BlockPlan> blocks;
-  int64_t n_edges = 0;
-};
-
-ModelPlan parse(const int64_t* p) {
-  ModelPlan m;
-  m.edge_off = p[0], m.node_off = p[1], m.depth = p[2], m.act = p[3], m.norm = p[4];
-  const int64_t n_blocks = p[5];
-  p += 6;
-  for (int64_t i = 0; i < n_blocks; ++i) {
-    BlockPlan b{p[0], p[1], p[2], p[3], {}};
-    const int64_t n_parts = p[4];
-    p += 5;
-    for (int64_t j = 0; j < n_parts; ++j, p += 3) b.parts.push_back({p[0], p[1], p[2]});
-    m.n_edges += b.rows * b.cols;
-    m.blocks.push_back(std::move(b));
-  }
-  return m;
-}
-
-inline bool finite_bits(float v) {  // -ffast-math may fold isfinite away: test the exponent bits
-  uint32_t u;
-  memcpy(&u, &v, sizeof u);
-  return (u & 0x7f800000u) != 0x7f800000u;
-}
 
 // One model's saliency passes, with buffers reused across passes and models.
 struct Model {
@@ -110,35 +62,8 @@ struct Model {
 
   template <int NORM, int ACT>
   void hidden_forward(int64_t l) {  // acts[l] holds z; norm and activation in place, keeping what backward needs
-    const int64_t n = width[l];
-    const float* nd = nodes + plan.blocks[l - 1].node * kNodeFeatures;
-    float *__restrict z = acts[l].data(), *__restrict pr = pre[l].data();
-    if constexpr (NORM == 1)
-      for (int64_t u = 0; u < n; ++u)
-        rstd[l][u] = nd[u * kNodeFeatures + kNormWeight] / sqrtf(nd[u * kNodeFeatures + kRunningVar] + eps);
-    for (int64_t b = 0; b < B; ++b) {
-      float* __restrict zr = z + b * n;
-      float* __restrict pb = pr + b * n;
-      if constexpr (NORM == 2) {
-        float s = 0.f, v = 0.f;
-        for (int64_t u = 0; u < n; ++u) s += zr[u];
-        const float mean = s / (float)n;
-        for (int64_t u = 0; u < n; ++u) v += (zr[u] - mean) * (zr[u] - mean);
-        const float r = 1.f / sqrtf(v / (float)n + eps);
-        rstd[l][b] = r;
-        float* __restrict xh = xhat[l].data() + b * n;
-        for (int64_t u = 0; u < n; ++u) {
-          xh[u] = (zr[u] - mean) * r;
-          pb[u] = xh[u] * nd[u * kNodeFeatures + kNormWeight] + nd[u * kNodeFeatures + kNormBias];
-        }
-      } else if constexpr (NORM == 1) {
-        for (int64_t u = 0; u < n; ++u)
-          pb[u] = (zr[u] - nd[u * kNodeFeatures + kRunningMean]) * rstd[l][u] + nd[u * kNodeFeatures + kNormBias];
-      } else {
-        for (int64_t u = 0; u < n; ++u) pb[u] = zr[u];
-      }
-      for (int64_t u = 0; u < n; ++u) zr[u] = act_value<ACT>(pb[u]);
-    }
+    norm_act<NORM, ACT>(B, width[l], nodes + plan.blocks[l - 1].node * kNodeFeatures, eps, acts[l].data(),
+                        pre[l].data(), NORM == 2 ? xhat[l].data() : nullptr, NORM == 0 ? nullptr : rstd[l].data());
   }
 
   template <int NORM, int ACT>
@@ -167,14 +92,7 @@ struct Model {
 
   template <typename Fn>
   void dispatch(Fn&& fn) {
-    const int64_t nrm = plan.norm, act = plan.act;
-#define HUBEDIT_CASE(N, A) \
-  if (nrm == N && act == A) return fn.template operator()<N, A>();
-#define HUBEDIT_ACTS(N) \
-  HUBEDIT_CASE(N, 0) HUBEDIT_CASE(N, 1) HUBEDIT_CASE(N, 2) HUBEDIT_CASE(N, 3) HUBEDIT_CASE(N, 4) HUBEDIT_CASE(N, 5)
-    HUBEDIT_ACTS(0) HUBEDIT_ACTS(1) HUBEDIT_ACTS(2)
-#undef HUBEDIT_ACTS
-#undef HUBEDIT_CASE
+    dispatch_kinds(plan.norm, plan.act, fn);
   }
 
   // the block's masked weights, row-major (rows, cols) into wm, and transposed (cols, rows) into wt when
@@ -268,16 +186,6 @@ struct Model {
   }
 };
 
-// the k highest of score among the kept weights (mask > 0), ties by position, as a new 0/1 mask
-void top_k(const float* score, float* mask, int64_t n, int64_t k, std::vector<int64_t>& order, std::vector<float>& key) {
-  order.resize(n), key.resize(n);
-  for (int64_t i = 0; i < n; ++i) key[i] = mask[i] > 0.f ? score[i] : -1.f;
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
-  std::fill(mask, mask + n, 0.f);
-  for (int64_t i = 0; i < std::min(k, n); ++i) mask[order[i]] = 1.f;
-}
-
 }  // namespace
 
 extern "C" {
@@ -308,11 +216,13 @@ int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64
         }
         if (rounds == 0) continue;
         float* mk = mask + p.edge_off;
+        key.resize(p.n_edges);
         float* sc = score + p.edge_off;
         std::fill(mk, mk + p.n_edges, 1.f);
         memcpy(sc, s0, sizeof(float) * p.n_edges);
         for (int64_t r = 0; r < rounds; ++r) {
-          top_k(sc, mk, p.n_edges, k[m * rounds + r], order, key);
+          for (int64_t e = 0; e < p.n_edges; ++e) key[e] = mk[e] > 0.f ? sc[e] : -1.f;  // pruned stay pruned
+          top_k_mask(key.data(), p.n_edges, k[m * rounds + r], mk, order);
           if (!md.pass(mk, false, sc)) {
             status[t] = 1;
             return;

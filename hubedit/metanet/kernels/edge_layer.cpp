@@ -47,6 +47,7 @@ struct Args {
   float* e;
   const float *p_f, *p_s, *p_d, *p_b, *w_cat, *w_o, *head_vec;
   float* head_acc;
+  int64_t node_stride;  // row stride of the node terms (K, or 4K where they are column blocks of one matrix)
 };
 
 // The pre-activations of R edges from edge i: [z_f | z_b | z_e] = gathered node terms + e @ w_cat, one
@@ -58,10 +59,10 @@ inline __attribute__((always_inline)) void first_maps(const Args& a, int64_t i, 
   const int64_t* dst = a.dst + i;
   const float* e = a.e + i * K;
   for (int r = 0; r < R; ++r) {
-    const float* pf = a.p_f + src[r] * K;
-    const float* ps = a.p_s + src[r] * K;
-    const float* pb = a.p_b + dst[r] * K;
-    const float* pd = a.p_d + dst[r] * K;
+    const float* pf = a.p_f + src[r] * a.node_stride;
+    const float* ps = a.p_s + src[r] * a.node_stride;
+    const float* pb = a.p_b + dst[r] * a.node_stride;
+    const float* pd = a.p_d + dst[r] * a.node_stride;
     for (int v = 0; v < NV; ++v) {
       c[r][v] = load(pf + 16 * v);
       c[r][NV + v] = load(pb + 16 * v);
@@ -336,8 +337,8 @@ extern "C" {
 int hubedit_edge_layer_forward(int64_t n_edges, int64_t n_nodes, int64_t width, int64_t act, const int64_t* src,
                                const int64_t* dst, float* e, const float* p_f, const float* p_s, const float* p_d,
                                const float* p_b, const float* w_cat, const float* w_o, float* fwd, float* bwd,
-                               const float* head_vec, float* head_acc, int64_t threads) {
-  const Args a{n_nodes, src, dst, e, p_f, p_s, p_d, p_b, w_cat, w_o, head_vec, head_acc};
+                               const float* head_vec, float* head_acc, int64_t node_stride, int64_t threads) {
+  const Args a{n_nodes, src, dst, e, p_f, p_s, p_d, p_b, w_cat, w_o, head_vec, head_acc, node_stride};
   try {  // no C++ exception may cross into the caller (ctypes): per-thread sums or threads that fail -> -2
     switch (width) {
       case 16: dispatch<16>(a, n_edges, act, fwd, bwd, threads); return 0;
@@ -359,7 +360,7 @@ int hubedit_edge_layer_backward(int64_t n_edges, int64_t n_nodes, int64_t width,
                                 const float* w_o_t, const float* g_new, const float* g_fwd, const float* g_bwd,
                                 float* g_e, float* g_pf, float* g_ps, float* g_pd, float* g_pb, float* g_wcat,
                                 float* g_wo, int64_t threads) {
-  const Args a{n_nodes, src, dst, const_cast<float*>(e), p_f, p_s, p_d, p_b, w_cat, nullptr, nullptr, nullptr};
+  const Args a{n_nodes, src, dst, const_cast<float*>(e), p_f, p_s, p_d, p_b, w_cat, nullptr, nullptr, nullptr, width};
   const Grads gr{g_new, g_fwd, g_bwd, w_cat_t, w_o_t, g_e};
   const Sums out{g_pf, g_ps, g_pd, g_pb, g_wcat, g_wo};
   try {
