@@ -338,6 +338,7 @@ def test_refit_kernel_equals_the_torch_formulation_in_float64():
     from hubedit.graph import mlps_to_batch, native_kernels
     from hubedit.graph.encoding import COL_BIAS, COL_NORM_WEIGHT
     from hubedit.graph.refit import refit_variants
+    from hubedit.metrics.scores import jsd_from_logits
 
     archs = ARCHS + [dict(hidden=(6, 10), activation=a, norm=n) for a, n in
                      (("silu", "layernorm"), ("sigmoid", "batchnorm"), ("relu", "batchnorm"))]
@@ -364,6 +365,9 @@ def test_refit_kernel_equals_the_torch_formulation_in_float64():
         torch.testing.assert_close(a.node_values.double(), b.node_values, rtol=1e-3, atol=2e-4)
         torch.testing.assert_close(a.logits.double(), b.logits, rtol=1e-3, atol=2e-4)
         assert bool((a.edge_values[a.keep == 0] == 0).all())
+        assert b.jsd is None  # the torch formulation leaves the JSD to refit_jsd; the kernel's is the same figure
+        torch.testing.assert_close(a.jsd, jsd_from_logits(got_ref, a.logits).mean(-1), rtol=1e-4, atol=1e-7)
+        assert float(a.jsd.max()) > 1e-5
     assert not torch.equal(got[1].keep, got[0].keep)  # the reselected mask is another one
     # gradients wanted: the torch formulation runs (the kernel has no backward)
     ev_g = ev.clone().requires_grad_(True)

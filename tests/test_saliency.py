@@ -97,8 +97,9 @@ def test_saliency_kernel_equals_torch_formulation(norm):
     weights = batch.edge_attr.reshape(-1).float()
     sizes = torch.bincount(batch.batch.index_select(0, batch.edge_index[0]))
     counts = torch.stack([(sizes * f).round().long().clamp(min=1) for f in (0.7, 0.45, 0.25)], dim=1)
-    dense, mask, score = saliency_rounds(batch, x, weights, counts)
-    ref_dense, ref_mask, ref_score = torch_rounds(batch, x, weights, counts)
+    dense, mask, score, features = saliency_rounds(batch, x, weights, counts)
+    ref_dense, ref_mask, ref_score, ref_features = torch_rounds(batch, x, weights, counts)
+    assert ref_features is None and features.shape == (weights.shape[0], 4)
     torch.testing.assert_close(dense, ref_dense, rtol=1e-4, atol=1e-7)
     assert float(dense.max()) > 1e-3
     # the same weights kept in every model (iterative top-k on float-rounded scores: allow a near-tie flip)
@@ -108,8 +109,8 @@ def test_saliency_kernel_equals_torch_formulation(norm):
     same = (mask == ref_mask)
     torch.testing.assert_close(score[same], ref_score[same], rtol=1e-3, atol=1e-6)
     # dense only
-    only, no_mask, no_score = saliency_rounds(batch, x, weights, None)
-    assert no_mask is None and no_score is None
+    only, no_mask, no_score, two = saliency_rounds(batch, x, weights, None)
+    assert no_mask is None and no_score is None and two.shape == (weights.shape[0], 2)
     torch.testing.assert_close(only, dense, rtol=0, atol=0)
 
 
@@ -120,7 +121,8 @@ def test_saliency_falls_back_to_torch_where_not_finite():
     data = mlps_to_batch([model])
     x = torch.randn(16, 5)
     x[3, 2] = float("inf")
-    dense, _, _ = saliency_rounds(data, x, data.edge_attr.reshape(-1).float(), None)
+    dense, _, _, features = saliency_rounds(data, x, data.edge_attr.reshape(-1).float(), None)
+    assert features is None  # the torch formulation ran
     ref, _ = autograd_saliency(data, x, data.edge_attr.reshape(-1).float())
     torch.testing.assert_close(dense, ref, equal_nan=True)
     assert not bool(torch.isfinite(dense).all())
@@ -157,7 +159,10 @@ def test_failed_build_falls_back_to_the_torch_formulations(monkeypatch, tmp_path
     finally:
         native_kernels._load.cache_clear()
     if built:  # the kernels' results equal the torch formulations' (a near-tie may flip one kept weight)
-        assert float((fast[0][:, 2] != slow[0][:, 2]).float().mean()) < 0.01
+        same = fast[0][:, 2] == slow[0][:, 2]
+        assert float((~same).float().mean()) < 0.01
         torch.testing.assert_close(fast[0][:, :2], slow[0][:, :2], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(fast[0][same, 3], slow[0][same, 3], rtol=1e-3, atol=2e-3)
+        assert float(fast[0][:, 3].std()) > 0.5  # standardised, not constant
         for a, b in zip(fast[1], slow[1]):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -15,7 +15,7 @@ from ..metrics.scores import jsd_from_logits
 from ..graph import functional_forward
 from ..graph.encoding import INPUT
 from ..graph.groups import edge_graph_index
-from ..graph.refit import refit_variants
+from ..graph.refit import refit_jsd, refit_variants
 from ..metanet.model import EditOutput, GraphMetanetwork
 from ..requirements import Edit, Outcome, Requirement
 from ..requirements.base import graph_index, num_graphs
@@ -103,8 +103,8 @@ def _refit_and_jsd(data: Data, edit: Edit, x: torch.Tensor, ridge: float, *, res
     refit = Edit(edge_values=plain.edge_values, node_values=plain.node_values, edge_mask=edit.edge_mask,
                  input_mask=edit.input_mask)
     if not reselect:
-        return refit, jsd_from_logits(reference, plain.logits).mean(dim=-1) if score else None
-    jsds = [jsd_from_logits(reference, v.logits).mean(dim=-1) for v in variants]
+        return refit, refit_jsd(plain, reference) if score else None
+    jsds = [refit_jsd(v, reference) for v in variants]
     other = variants[1]
     better = jsds[1] < jsds[0]  # (M,)
     ev = plain.edge_values

@@ -367,7 +367,8 @@ class Editor(
                 "edit_seconds": seconds,
                 "hubedit_version": __version__,
             }
-            results.append(EditedMLP.wrap(new.cpu(), record, copy=False))  # written back here: ours to keep
+            on_cpu = all(t.device.type == "cpu" for t in (*new.parameters(), *new.buffers()))
+            results.append(EditedMLP.wrap(new if on_cpu else new.cpu(), record, copy=False))  # written back here: ours
         return results
 
     def _edit_distributed(self, models, lam, batch_size, accelerator, target=None) -> list[EditedMLP]:

@@ -53,7 +53,9 @@ def calibration_features(data: Data, inputs: torch.Tensor, *, keep: torch.Tensor
         exponents = torch.arange(1, rounds + 1, dtype=torch.float64, device=sizes.device) / rounds
         counts = torch.round(keep.double().to(sizes.device).unsqueeze(1) ** exponents * sizes.unsqueeze(1))
         counts = counts.long().clamp(min=1)  # (M, rounds)
-    saliency, mask, score = saliency_rounds(data, inputs, weights, counts)
+    saliency, mask, score, features = saliency_rounds(data, inputs, weights, counts)
+    if features is not None:  # the kernel made them
+        return features
     magnitude = torch.log(weights.abs() + 1e-8)
     columns = [standardise_per_graph(magnitude, group, n_groups),
                standardise_per_graph(torch.log(saliency + 1e-12), group, n_groups)]

@@ -38,10 +38,10 @@ def _load() -> ctypes.CDLL | None:
     if lib is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.hubedit_saliency_features.argtypes = [i64, p, p, p, p, i64, i64, p, p, i64, p, p, p, p, i64]
+    lib.hubedit_saliency_features.argtypes = [i64, p, p, p, p, i64, i64, p, p, i64, p, p, p, p, p, i64]
     lib.hubedit_saliency_features.restype = ctypes.c_int
     lib.hubedit_refit_variants.argtypes = [i64, p, p, p, p, i64, i64, p, p, p, p, p, ctypes.c_double, i64, p,
-                                           i64, i64, i64, p, p, p, p, p, i64]
+                                           i64, i64, i64, p, p, p, p, p, p, i64]
     lib.hubedit_refit_variants.restype = ctypes.c_int
     return lib
 

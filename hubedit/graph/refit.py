@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch_geometric.data import Data
 
+from ..metrics.scores import jsd_from_logits
 from ..mlp.refit import solve_masked_ridge
 from .build import graph_offsets
 from .encoding import COL_BIAS, NODE_FEATURES
@@ -27,13 +28,15 @@ from .native_kernels import check_rc, library, model_plans
 
 
 class Refit(NamedTuple):
-    """One refit of every model: edge values (the mask folded in), node values, the keep mask they meet, and the
-    refit models' logits on the refit inputs ``(M, B, C)``."""
+    """One refit of every model: edge values (the mask folded in), node values, the keep mask they meet, the
+    refit models' logits on the refit inputs ``(M, B, C)``, and, where the C++ refit ran, each refit model's mean JSD
+    to its original on those inputs ``(M,)`` (None otherwise: :func:`refit_jsd` computes it)."""
 
     edge_values: torch.Tensor
     node_values: torch.Tensor
     keep: torch.Tensor
     logits: torch.Tensor
+    jsd: torch.Tensor | None = None
 
 
 def refit_values(
@@ -198,17 +201,26 @@ def _kernel_variants(configs, node_off, edge_off, data, x, ev, node_values, keep
     out_ev, out_keep = torch.empty(v, n_edges), torch.empty(v, n_edges)
     out_bias = nv[:, COL_BIAS].repeat(v, 1)  # input nodes keep theirs; the kernel writes every other node's
     logits, orig_logits = torch.empty(v, n_models, batch, classes), torch.empty(n_models, batch, classes)
+    jsd = torch.empty(v, n_models)
     flags = torch.tensor([bool(r) for r in reselect], dtype=torch.uint8)
     rc = library().hubedit_refit_variants(
         n_models, plan.data_ptr(), starts.data_ptr(), eps.data_ptr(), x.data_ptr(), batch, x.shape[1],
         orig_ev.data_ptr(), orig_nv.data_ptr(), ev.data_ptr(), nv.data_ptr(), keep.data_ptr(), float(ridge), v,
         flags.data_ptr(), n_edges, n_nodes, classes, out_ev.data_ptr(), out_bias.data_ptr(), out_keep.data_ptr(),
-        logits.data_ptr(), orig_logits.data_ptr(), torch.get_num_threads())
+        logits.data_ptr(), orig_logits.data_ptr(), jsd.data_ptr(), torch.get_num_threads())
     check_rc(rc, "refit kernel")
     if rc != 0:
         return None
     out = []
     for i in range(v):
         out_nv = torch.cat([nv[:, :COL_BIAS], out_bias[i].unsqueeze(1), nv[:, COL_BIAS + 1:]], dim=1)
-        out.append(Refit(out_ev[i].view(shape), out_nv, out_keep[i] if reselect[i] else keep, logits[i]))
+        out.append(Refit(out_ev[i].view(shape), out_nv, out_keep[i] if reselect[i] else keep, logits[i], jsd[i]))
     return out, orig_logits
+
+
+def refit_jsd(refit: Refit, reference: torch.Tensor) -> torch.Tensor:
+    """Each refit model's mean JSD to its original (``reference`` logits, ``(M, B, C)``) on the refit inputs: the
+    C++ refit's own figure where it ran, else from the logits."""
+    if refit.jsd is not None:
+        return refit.jsd
+    return jsd_from_logits(reference, refit.logits).mean(dim=-1)

@@ -183,13 +183,15 @@ class SaliencyPass:
 
 
 def saliency_rounds(data: Data, x: torch.Tensor, weights: torch.Tensor, keep_counts: torch.Tensor | None,
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The dense saliency of every weight (``E``) against the models' own labels on ``x`` ``(B, F)``, and with
     ``keep_counts`` ``(M, R)`` (weights model ``m`` keeps after round ``r``) the outcome of ``R`` rounds of
     iterative saliency pruning: each round keeps, among the weights still kept, those with the highest saliency
     (ties by position), then takes the saliency again on the masked model against the same labels. Returns
-    ``(dense saliency, last mask, last saliency)`` (the last two None without rounds). Runs the C++ kernel
-    where it is built (float32 on CPU), :class:`SaliencyPass` otherwise or where a saliency is not finite."""
+    ``(dense saliency, last mask, last saliency, features)`` (mask and saliency None without rounds). Runs the C++
+    kernel where it is built (float32 on CPU), which also returns the calibration features of
+    :func:`~hubedit.graph.calibration.calibration_features` (``E x 2``, ``E x 4`` with rounds); the torch
+    formulation (:class:`SaliencyPass`) otherwise, or where a saliency is not finite, with features None."""
     weights = weights.reshape(-1)
     rounds = 0 if keep_counts is None else keep_counts.shape[1]
     lib = library() if (weights.dtype == torch.float32 and weights.device.type == "cpu") else None
@@ -200,14 +202,14 @@ def saliency_rounds(data: Data, x: torch.Tensor, weights: torch.Tensor, keep_cou
     saliency_of = SaliencyPass(data, x, weights)
     dense, labels = saliency_of()
     if not rounds:
-        return dense, None, None
+        return dense, None, None, None
     group = edge_graph_index(data)
     mask, score = torch.ones_like(dense), dense
     for r in range(rounds):
         ranked = torch.where(mask > 0, score, torch.full_like(score, -1.0))  # pruned weights stay pruned
         mask = top_k_per_group(ranked, group, keep_counts[:, r])
         score, _ = saliency_of(mask, labels)
-    return dense, mask, score
+    return dense, mask, score, None
 
 
 def _kernel_rounds(lib, data, x, weights, keep_counts, rounds):
@@ -222,12 +224,13 @@ def _kernel_rounds(lib, data, x, weights, keep_counts, rounds):
     dense = torch.empty(n_edges)
     mask = torch.empty(n_edges) if rounds else dense
     score = torch.empty(n_edges) if rounds else dense
+    features = torch.empty(n_edges, 4 if rounds else 2)
     k = (keep_counts.to(torch.int64).contiguous() if rounds else torch.zeros(1, dtype=torch.int64))
     rc = lib.hubedit_saliency_features(len(configs), plan.data_ptr(), starts.data_ptr(), eps.data_ptr(),
                                        x.data_ptr(), x.shape[0], x.shape[1], ev.data_ptr(), nv.data_ptr(), rounds,
                                        k.data_ptr(), dense.data_ptr(), mask.data_ptr(), score.data_ptr(),
-                                       torch.get_num_threads())
+                                       features.data_ptr(), torch.get_num_threads())
     check_rc(rc, "saliency kernel")
     if rc != 0:
         return None  # a saliency is not finite: the torch formulation says so its own way
-    return (dense, mask, score) if rounds else (dense, None, None)
+    return (dense, mask, score, features) if rounds else (dense, None, None, features)

@@ -109,8 +109,12 @@ class MLP(nn.Module):
     # --- checks ----------------------------------------------------------------------------------
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteWeightsError` naming the first tensor holding NaN or Inf."""
-        for name, t in self.state_dict().items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
+        named = (*self.named_parameters(), *self.named_buffers())  # the state dict's tensors, without detaching
+        tensors = {name: t.detach() for name, t in named if t.is_floating_point()}
+        if not tensors or bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors.values()])).all()):
+            return  # one check for the whole model (called on every edit)
+        for name, t in tensors.items():
+            if not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
                 raise NonFiniteWeightsError(f"tensor {name!r} holds {bad} NaN/Inf values; expected finite weights")
 

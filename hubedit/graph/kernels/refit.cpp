@@ -51,6 +51,33 @@ bool cholesky_solve(double* a, double* b, int64_t n) {
   return true;
 }
 
+// mean over B rows of JSD(softmax(a_b), softmax(b_b)) in log space, each clamped to [0, ln 2]
+// (hubedit.metrics.scores.jsd_from_logits)
+double mean_jsd(const float* a, const float* b, int64_t B, int64_t C) {
+  const double ln2 = 0.69314718055994530942;
+  std::vector<double> la(C), lb(C);
+  double total = 0.0;
+  for (int64_t r = 0; r < B; ++r) {
+    auto log_softmax = [&](const float* z, std::vector<double>& out) {
+      double mx = z[0];
+      for (int64_t c = 1; c < C; ++c) mx = std::max(mx, (double)z[c]);
+      double se = 0.0;
+      for (int64_t c = 0; c < C; ++c) se += exp((double)z[c] - mx);
+      for (int64_t c = 0; c < C; ++c) out[c] = (double)z[c] - mx - log(se);
+    };
+    log_softmax(a + r * C, la);
+    log_softmax(b + r * C, lb);
+    double j = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double hi = std::max(la[c], lb[c]), lo = std::min(la[c], lb[c]);
+      const double lm = hi + log1p(exp(lo - hi)) - ln2;
+      j += exp(la[c]) * (la[c] - lm) + exp(lb[c]) * (lb[c] - lm);
+    }
+    total += std::min(std::max(0.5 * j, 0.0), ln2);
+  }
+  return total / (double)B;
+}
+
 struct Refitter {
   const ModelPlan& plan;
   const float* x;
@@ -61,7 +88,7 @@ struct Refitter {
   std::vector<std::vector<float>> acts;  // (B, width[l]) per layer, l >= 1
   std::vector<std::vector<float>> targets;  // original pre-activations per block (B, rows)
   std::vector<float> inp, wt, score, colnorm;
-  std::vector<double> gram, xt, sys, rhs;
+  std::vector<double> gram, xt, sys, rhs, xdt, tdt;
   std::vector<int64_t> kept, order;
 
   Refitter(const ModelPlan& p, const float* x_, int64_t B_, int64_t F_, float eps_, double ridge_)
@@ -79,6 +106,7 @@ struct Refitter {
     for (size_t l = 1; l < L; ++l) acts[l].resize(B * width[l]), targets[l].resize(B * width[l]);
     inp.resize(B * kmax), wt.resize(wmax), score.resize(wmax), colnorm.resize(kmax);
     gram.resize(kmax * kmax), xt.resize(kmax * rmax), sys.resize(kmax * kmax), rhs.resize(kmax);
+    xdt.resize(kmax * B), tdt.resize(rmax * B);
   }
 
   // the block's input columns side by side, from acts (x for layer 0), into inp (B, cols)
@@ -145,22 +173,30 @@ struct Refitter {
       } else {
         memcpy(mb, kb, sizeof(float) * rows * cols);
       }
-      // X^T X / B and X^T t / B in float64 (X = [inp, 1])
-      std::fill(gram.begin(), gram.begin() + K * K, 0.0);
-      std::fill(xt.begin(), xt.begin() + K * rows, 0.0);
+      // X^T X / B and X^T t / B in float64 (X = [inp, 1]): contiguous dot products of X's and t's columns
+      double* xc = xdt.data();  // (K, B): X's columns
+      double* tc = tdt.data();  // (rows, B): t's columns
       const float* t = targets[i + 1].data();
       for (int64_t b = 0; b < B; ++b) {
-        const float* xr = inp.data() + b * cols;
-        for (int64_t p = 0; p < K; ++p) {
-          const double xp = p < cols ? (double)xr[p] : 1.0;
-          double* g = gram.data() + p * K;
-#pragma omp simd
-          for (int64_t q = 0; q < cols; ++q) g[q] += xp * (double)xr[q];
-          g[cols] += xp;
-          double* xtp = xt.data() + p * rows;
-          const float* tr = t + b * rows;
-#pragma omp simd
-          for (int64_t r = 0; r < rows; ++r) xtp[r] += xp * (double)tr[r];
+        for (int64_t c = 0; c < cols; ++c) xc[c * B + b] = (double)inp[b * cols + c];
+        for (int64_t r = 0; r < rows; ++r) tc[r * B + b] = (double)t[b * rows + r];
+      }
+      for (int64_t b = 0; b < B; ++b) xc[cols * B + b] = 1.0;
+      for (int64_t p = 0; p < K; ++p) {
+        const double* __restrict xp = xc + p * B;
+        for (int64_t q = p; q < K; ++q) {
+          const double* __restrict xq = xc + q * B;
+          double s = 0.0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t b = 0; b < B; ++b) s += xp[b] * xq[b];
+          gram[p * K + q] = gram[q * K + p] = s;
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const double* __restrict tr = tc + r * B;
+          double s = 0.0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t b = 0; b < B; ++b) s += xp[b] * tr[b];
+          xt[p * rows + r] = s;
         }
       }
       double diag = 0.0;
@@ -203,13 +239,15 @@ extern "C" {
 // mask), from the original values (orig_ev (E), orig_nv (N, 5)), the edited ones (ev, nv) and the keep mask
 // (E, 0/1). Writes per variant v: out_ev (V, E) the refit weights (0 where not kept), out_bias (V, N) the refit
 // biases of every non-input node (the caller fills the rest), out_keep (V, E) the mask met, out_logits
-// (V, M, B, C); and orig_logits (M, B, C). Returns 0, 1 where a system was not positive definite, -2 where memory
+// (V, M, B, C), out_jsd (V, M) each refit model's mean JSD to its original on x; and orig_logits (M, B, C).
+// Returns 0, 1 where a system was not positive definite, -2 where memory
 // or threads ran out.
 int hubedit_refit_variants(int64_t n_models, const int64_t* plan, const int64_t* plan_off, const float* eps,
                            const float* x, int64_t B, int64_t F, const float* orig_ev, const float* orig_nv,
                            const float* ev, const float* nv, const float* keep, double ridge, int64_t n_variants,
                            const uint8_t* reselect, int64_t n_edges, int64_t n_nodes, int64_t C, float* out_ev,
-                           float* out_bias, float* out_keep, float* out_logits, float* orig_logits, int64_t n_threads) {
+                           float* out_bias, float* out_keep, float* out_logits, float* orig_logits, float* out_jsd,
+                           int64_t n_threads) {
   try {
     std::vector<ModelPlan> plans;
     plans.reserve(n_models);
@@ -228,6 +266,8 @@ int hubedit_refit_variants(int64_t n_models, const int64_t* plan, const int64_t*
             status[t] = 1;
             return;
           }
+          out_jsd[v * n_models + m] =
+              (float)mean_jsd(orig_logits + m * B * C, out_logits + (v * n_models + m) * B * C, B, C);
         }
       }
     };

@@ -186,18 +186,35 @@ struct Model {
   }
 };
 
+// out[e * stride] = (log v(e) - mean) / max(std, 1e-6) over the model's n values (the population std)
+template <typename V>
+void standardised_log(int64_t n, V&& v, float* out, int64_t stride) {
+  double sum = 0.0;
+  for (int64_t e = 0; e < n; ++e) {
+    const float lv = logf(v(e));
+    out[e * stride] = lv;
+    sum += lv;
+  }
+  const double mean = sum / (double)std::max<int64_t>(n, 1);
+  double var = 0.0;
+  for (int64_t e = 0; e < n; ++e) var += ((double)out[e * stride] - mean) * ((double)out[e * stride] - mean);
+  const double inv = 1.0 / std::max(sqrt(var / (double)std::max<int64_t>(n, 1)), 1e-6);
+  for (int64_t e = 0; e < n; ++e) out[e * stride] = (float)(((double)out[e * stride] - mean) * inv);
+}
+
 }  // namespace
 
 extern "C" {
 
 // Saliency features of n_models models (plans at plan + plan_off[m]) on x (B, F), split over n_threads:
 // sal0 (E) the dense saliency; with rounds > 0 also mask (E) and score (E), the last round's mask and
-// saliency, k (n_models, rounds) the weights each round keeps. Returns 0, 1 where a saliency is not finite
+// saliency, k (n_models, rounds) the weights each round keeps; features (E, 2 or 4 with rounds) the
+// calibration features of hubedit/graph/calibration.py. Returns 0, 1 where a saliency is not finite
 // (the outputs are then incomplete), -2 where memory or threads ran out.
 int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64_t* plan_off, const float* eps,
                               const float* x, int64_t B, int64_t F, const float* edge_values, const float* node_values,
                               int64_t rounds, const int64_t* k, float* sal0, float* mask, float* score,
-                              int64_t n_threads) {
+                              float* features, int64_t n_threads) {
   try {
     std::vector<ModelPlan> plans;
     plans.reserve(n_models);
@@ -214,6 +231,12 @@ int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64
           status[t] = 1;
           return;
         }
+        const float* w = edge_values + p.edge_off;
+        const int64_t ncol = rounds ? 4 : 2;
+        float* ft = features + p.edge_off * ncol;
+        // the calibration features (hubedit/graph/calibration.py): standardised log |w| and log saliency
+        standardised_log(p.n_edges, [&](int64_t e) { return fabsf(w[e]) + 1e-8f; }, ft, ncol);
+        standardised_log(p.n_edges, [&](int64_t e) { return s0[e] + 1e-12f; }, ft + 1, ncol);
         if (rounds == 0) continue;
         float* mk = mask + p.edge_off;
         key.resize(p.n_edges);
@@ -228,6 +251,9 @@ int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64
             return;
           }
         }
+        // and the last round's mask and standardised log saliency of the kept weights
+        for (int64_t e = 0; e < p.n_edges; ++e) ft[e * ncol + 2] = mk[e];
+        standardised_log(p.n_edges, [&](int64_t e) { return sc[e] * mk[e] + 1e-12f; }, ft + 3, ncol);
       }
     };
     const int64_t nt = std::max<int64_t>(1, std::min(n_threads, n_models));
