@@ -83,7 +83,7 @@ def _checked(e, nodes, weights, src, dst, activation, strided: bool = False, w_c
     stride = nodes[0].stride(0)
     if not (strided and all(t.stride() == (stride, 1) for t in nodes) and stride >= width):
         nodes, stride = [t.contiguous() for t in nodes], width
-    if w_cat is None or not w_cat.is_contiguous() or w_cat.shape != (width, 3 * width):
+    if w_cat is None or not w_cat.is_contiguous() or w_cat.shape != (width, 3 * width) or w_cat.dtype != e.dtype:
         w_f, w_e, w_b = weights
         w_cat = torch.cat([w_f, w_b, w_e], dim=1).contiguous()
     return n_nodes, nodes, w_cat, src.contiguous().long(), dst.contiguous().long(), stride
@@ -96,9 +96,9 @@ def edge_layer_forward(
     p_s: torch.Tensor,
     p_d: torch.Tensor,
     p_b: torch.Tensor,
-    w_f: torch.Tensor,
-    w_e: torch.Tensor,
-    w_b: torch.Tensor,
+    w_f: torch.Tensor | None,
+    w_e: torch.Tensor | None,
+    w_b: torch.Tensor | None,
     w_o: torch.Tensor,
     src: torch.Tensor,
     dst: torch.Tensor,
@@ -111,7 +111,8 @@ def edge_layer_forward(
     Arguments as :class:`~hubedit.metanet.edge_pass.EdgePass` (node terms ``N x k`` with their biases,
     weights ``k x k`` applied on the right); ``head = (vec, acc)`` adds ``e_new @ vec`` to ``acc`` per edge.
     Node terms may be column blocks of one ``N x 4k`` matrix (read in place); ``w_cat`` may hand over
-    ``[w_f | w_b | w_e]`` already made (a caller's cache). Only where :func:`supports` holds.
+    ``[w_f | w_b | w_e]`` already made (a caller's cache; ``w_f, w_e, w_b`` may then be None). Only where
+    :func:`supports` holds.
     """
     n_nodes, nodes, w_cat, src, dst, stride = _checked(e, (p_f, p_s, p_d, p_b), (w_f, w_e, w_b), src, dst, activation,
                                                        strided=True, w_cat=w_cat)

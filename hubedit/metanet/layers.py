@@ -181,13 +181,13 @@ class BidirectionalLayer(nn.Module):
         (the residual edit head) while the chunk is in cache.
         """
         n_nodes, k, act = h.shape[0], e.shape[1], self.activation
-        w_f, w_e, w_b, w_o = (m.weight.t() for m in (self.fwd_e, self.edge_e, self.bwd_e, self.edge_out))
         if self.edge_kernel and isinstance(self.edge_norm, nn.Identity) and edge_kernel.supports(e, act):
             w_nodes, b_nodes, w_cat, w_o = self._kernel_weights()
             p_f, p_s, p_d, p_b = torch.addmm(b_nodes, h, w_nodes).split(k, dim=1)  # the four node terms at once
-            fwd, bwd = edge_kernel.edge_layer_forward(e, p_f, p_s, p_d, p_b, w_f, w_e, w_b, w_o, src, dst, act, head,
+            fwd, bwd = edge_kernel.edge_layer_forward(e, p_f, p_s, p_d, p_b, None, None, None, w_o, src, dst, act, head,
                                                       w_cat=w_cat)
             return self._node_update(h, fwd, bwd, deg_in, deg_out)
+        w_f, w_e, w_b, w_o = (m.weight.t() for m in (self.fwd_e, self.edge_e, self.bwd_e, self.edge_out))
         p_f = F.linear(h, self.fwd_src.weight, self.fwd_e.bias)
         p_s = F.linear(h, self.edge_src.weight, self.edge_e.bias)
         p_d = F.linear(h, self.edge_dst.weight)
