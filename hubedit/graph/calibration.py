@@ -2,9 +2,9 @@
 
 An editor that sees only weights must guess which ones matter; the per-model baselines it competes with (SNIP,
 magnitude) rank weights by ``|w|`` or by the sensitivity ``|w * dL/dw|`` on data. These features hand the same
-information to the metanetwork, computed for a whole batch of parameter graphs in one differentiable
-evaluation (:class:`~hubedit.graph.saliency.SaliencyPass`, its backward written out): ``L`` is the cross-entropy of each model
-against its *own* predicted labels on the calibration inputs (no true labels are needed, and keeping those
+information to the metanetwork, computed for a whole batch of parameter graphs at once
+(:func:`~hubedit.graph.saliency.saliency_rounds`: a C++ kernel, or a torch pass with its backward written out):
+``L`` is the cross-entropy of each model against its *own* predicted labels on the calibration inputs (no true labels are needed, and keeping those
 predictions is what the editor is trained for). Both are put on a per-model scale -- ``log`` values, centred and
 scaled within each model -- so that models of any weight scale or width look alike to the editor (and the
 features are invariant to hidden-neuron permutations).

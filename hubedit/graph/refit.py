@@ -8,7 +8,9 @@ flow into the edited values and into the keep mask, so an editor can be trained 
 validation and :meth:`hubedit.Editor.edit` use this one function. With ``reselect`` it also re-chooses which
 weights each layer keeps (as many as the given mask keeps there), for the refit. The per-model
 :func:`hubedit.mlp.refit.refit` on ``MLP`` modules is the same computation (tested equal), used by the
-baselines.
+baselines. Where no gradient is wanted (editing, evaluation), float32 CPU calls run the C++ refit of
+``kernels/refit.cpp`` (float64 normal equations on the kept entries, Cholesky; tested against this module's torch
+formulation in float64).
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ all of them bookkeeping (index building, gathers, the autograd graph), so one pa
 grouped by config, every weight block gathered -- and each call then runs the forward pass and its hand-written
 backward (linear maps, then the aten backward kernels autograd itself runs for BatchNorm in eval mode, LayerNorm
 and the six MLP activations): the same values as autograd, to float rounding (tested against it).
+
+:func:`saliency_rounds` (the dense pass and the rounds of iterative pruning) runs all of it in one C++ call where
+the graph kernels are built (``kernels/saliency.cpp``, :mod:`.native_kernels`), and :class:`SaliencyPass` elsewhere.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from ..mlp.config import LEAKY_RELU_SLOPE
@@ -69,7 +71,7 @@ class _Group:
             self.weights.append(weights.index_select(0, widx).view(k, block.rows, block.cols))
             self.nodes.append(nodes.index_select(0, nidx).view(k, 1, block.rows, NODE_FEATURES))
 
-    def logits_and_backward(self, x: torch.Tensor, masks: list[torch.Tensor] | None,
+    def saliency(self, x: torch.Tensor, masks: list[torch.Tensor] | None,
                             labels: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``|w * dL/dw|`` per block ``(k, rows, cols)`` and the labels used ``(k, B)`` (the models' own
         predictions when ``labels`` is None); ``L`` is the summed cross-entropy over ``B`` inputs, divided by ``B``."""
@@ -168,7 +170,7 @@ class SaliencyPass:
             if mask is not None:
                 masks = ([mask[i].view_as(w) for i, w in zip(g.slices, g.weights)] if g.slices is not None else
                          [mask.index_select(0, i).view_as(w) for i, w in zip(g.edge_index, g.weights)])
-            sal, lab = g.logits_and_backward(self.x, masks, None if labels is None else labels.index_select(0, g.models))
+            sal, lab = g.saliency(self.x, masks, None if labels is None else labels.index_select(0, g.models))
             parts += [s.reshape(-1) for s in sal]
             all_labels.append((g.models, lab))
         flat = torch.cat(parts)
