@@ -16,7 +16,9 @@
 #include <string.h>
 
 #include <algorithm>
+#include <exception>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "../../zoo/kernels/gemm.h"
@@ -119,6 +121,42 @@ void top_k_mask(const float* key, int64_t n, int64_t k, float* mask, std::vector
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
   std::fill(mask, mask + n, 0.f);
   for (int64_t i = 0; i < std::min(k, n); ++i) mask[order[i]] = 1.f;
+}
+
+// Parse the n_models plans (at plan + plan_off[m]) and call model(plan_of_m, m) for every model, model m on
+// thread m % nt of nt = min(n_threads, n_models) threads; model returns false to stop its thread (a non-finite
+// or failed model). Returns 0, 1 where a model returned false, -2 where memory or threads ran out. No C++
+// exception crosses into the caller (ctypes).
+template <typename Fn>
+int over_models(int64_t n_models, const int64_t* plan, const int64_t* plan_off, int64_t n_threads, Fn&& model) {
+  try {
+    std::vector<ModelPlan> plans;
+    plans.reserve(n_models);
+    for (int64_t m = 0; m < n_models; ++m) plans.push_back(parse(plan + plan_off[m]));
+    const int64_t nt = std::max<int64_t>(1, std::min(n_threads, n_models));
+    std::vector<int> status((size_t)nt, 0);
+    auto work = [&](int64_t t) {
+      for (int64_t m = t; m < n_models; m += nt)
+        if (!model(plans[m], m)) {
+          status[t] = 1;
+          return;
+        }
+    };
+    std::vector<std::thread> pool;
+    try {
+      for (int64_t t = 1; t < nt; ++t) pool.emplace_back(work, t);
+    } catch (const std::exception&) {  // no more threads: join the started ones, then give up
+      for (auto& th : pool) th.join();
+      return -2;
+    }
+    work(0);
+    for (auto& th : pool) th.join();
+    for (int s : status)
+      if (s) return s;
+    return 0;
+  } catch (const std::exception&) {
+    return -2;
+  }
 }
 
 }  // namespace

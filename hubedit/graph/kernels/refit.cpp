@@ -15,8 +15,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <exception>
-#include <thread>
 #include <vector>
 
 #include "mlp_plan.h"
@@ -240,53 +238,26 @@ extern "C" {
 // (E, 0/1). Writes per variant v: out_ev (V, E) the refit weights (0 where not kept), out_bias (V, N) the refit
 // biases of every non-input node (the caller fills the rest), out_keep (V, E) the mask met, out_logits
 // (V, M, B, C), out_jsd (V, M) each refit model's mean JSD to its original on x; and orig_logits (M, B, C).
-// Returns 0, 1 where a system was not positive definite, -2 where memory
-// or threads ran out.
+// Returns 0, 1 where a system was not positive definite, -2 where memory or threads ran out.
 int hubedit_refit_variants(int64_t n_models, const int64_t* plan, const int64_t* plan_off, const float* eps,
                            const float* x, int64_t B, int64_t F, const float* orig_ev, const float* orig_nv,
                            const float* ev, const float* nv, const float* keep, double ridge, int64_t n_variants,
                            const uint8_t* reselect, int64_t n_edges, int64_t n_nodes, int64_t C, float* out_ev,
                            float* out_bias, float* out_keep, float* out_logits, float* orig_logits, float* out_jsd,
                            int64_t n_threads) {
-  try {
-    std::vector<ModelPlan> plans;
-    plans.reserve(n_models);
-    for (int64_t m = 0; m < n_models; ++m) plans.push_back(parse(plan + plan_off[m]));
-    std::vector<int> status((size_t)std::max<int64_t>(n_threads, 1), 0);
-    auto work = [&](int64_t t, int64_t nt) {
-      for (int64_t m = t; m < n_models; m += nt) {
-        const ModelPlan& p = plans[m];
-        Refitter rf(p, x, B, F, eps[m], ridge);
-        const int64_t eo = p.edge_off, no = p.node_off * kNodeFeatures;
-        rf.original(orig_ev + eo, orig_nv + no, orig_logits + m * B * C);
-        for (int64_t v = 0; v < n_variants; ++v) {
-          if (!rf.variant(orig_ev + eo, ev + eo, nv + no, keep + eo, reselect[v] != 0, out_ev + v * n_edges + eo,
-                          out_bias + v * n_nodes + p.node_off, out_keep + v * n_edges + eo,
-                          out_logits + (v * n_models + m) * B * C)) {
-            status[t] = 1;
-            return;
-          }
-          out_jsd[v * n_models + m] =
-              (float)mean_jsd(orig_logits + m * B * C, out_logits + (v * n_models + m) * B * C, B, C);
-        }
-      }
-    };
-    const int64_t nt = std::max<int64_t>(1, std::min(n_threads, n_models));
-    std::vector<std::thread> pool;
-    try {
-      for (int64_t t = 1; t < nt; ++t) pool.emplace_back(work, t, nt);
-    } catch (const std::exception&) {
-      for (auto& th : pool) th.join();
-      return -2;
+  return over_models(n_models, plan, plan_off, n_threads, [&](const ModelPlan& p, int64_t m) {
+    Refitter rf(p, x, B, F, eps[m], ridge);
+    const int64_t eo = p.edge_off, no = p.node_off * kNodeFeatures;
+    rf.original(orig_ev + eo, orig_nv + no, orig_logits + m * B * C);
+    for (int64_t v = 0; v < n_variants; ++v) {
+      float* logits = out_logits + (v * n_models + m) * B * C;
+      if (!rf.variant(orig_ev + eo, ev + eo, nv + no, keep + eo, reselect[v] != 0, out_ev + v * n_edges + eo,
+                      out_bias + v * n_nodes + p.node_off, out_keep + v * n_edges + eo, logits))
+        return false;
+      out_jsd[v * n_models + m] = (float)mean_jsd(orig_logits + m * B * C, logits, B, C);
     }
-    work(0, nt);
-    for (auto& th : pool) th.join();
-    for (int s : status)
-      if (s) return s;
-    return 0;
-  } catch (const std::exception&) {
-    return -2;
-  }
+    return true;
+  });
 }
 
 }  // extern "C"

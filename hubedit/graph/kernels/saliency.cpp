@@ -13,9 +13,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <exception>
-#include <numeric>
-#include <thread>
 #include <vector>
 
 #include "mlp_plan.h"
@@ -58,7 +55,6 @@ struct Model {
   }
 
   const float* act_of(int64_t l) const { return l == 0 ? x : acts[l].data(); }
-  const float* node(int64_t block, int col) const { return nodes + plan.blocks[block].node * kNodeFeatures + col; }
 
   template <int NORM, int ACT>
   void hidden_forward(int64_t l) {  // acts[l] holds z; norm and activation in place, keeping what backward needs
@@ -215,63 +211,33 @@ int hubedit_saliency_features(int64_t n_models, const int64_t* plan, const int64
                               const float* x, int64_t B, int64_t F, const float* edge_values, const float* node_values,
                               int64_t rounds, const int64_t* k, float* sal0, float* mask, float* score,
                               float* features, int64_t n_threads) {
-  try {
-    std::vector<ModelPlan> plans;
-    plans.reserve(n_models);
-    for (int64_t m = 0; m < n_models; ++m) plans.push_back(parse(plan + plan_off[m]));
-    std::vector<int> status((size_t)std::max<int64_t>(n_threads, 1), 0);
-    auto work = [&](int64_t t, int64_t nt) {
-      std::vector<int64_t> order;
-      std::vector<float> key;
-      for (int64_t m = t; m < n_models; m += nt) {
-        const ModelPlan& p = plans[m];
-        Model md(p, x, B, F, edge_values, node_values, eps[m]);
-        float* s0 = sal0 + p.edge_off;
-        if (!md.pass(nullptr, true, s0)) {
-          status[t] = 1;
-          return;
-        }
-        const float* w = edge_values + p.edge_off;
-        const int64_t ncol = rounds ? 4 : 2;
-        float* ft = features + p.edge_off * ncol;
-        // the calibration features (hubedit/graph/calibration.py): standardised log |w| and log saliency
-        standardised_log(p.n_edges, [&](int64_t e) { return fabsf(w[e]) + 1e-8f; }, ft, ncol);
-        standardised_log(p.n_edges, [&](int64_t e) { return s0[e] + 1e-12f; }, ft + 1, ncol);
-        if (rounds == 0) continue;
-        float* mk = mask + p.edge_off;
-        key.resize(p.n_edges);
-        float* sc = score + p.edge_off;
-        std::fill(mk, mk + p.n_edges, 1.f);
-        memcpy(sc, s0, sizeof(float) * p.n_edges);
-        for (int64_t r = 0; r < rounds; ++r) {
-          for (int64_t e = 0; e < p.n_edges; ++e) key[e] = mk[e] > 0.f ? sc[e] : -1.f;  // pruned stay pruned
-          top_k_mask(key.data(), p.n_edges, k[m * rounds + r], mk, order);
-          if (!md.pass(mk, false, sc)) {
-            status[t] = 1;
-            return;
-          }
-        }
-        // and the last round's mask and standardised log saliency of the kept weights
-        for (int64_t e = 0; e < p.n_edges; ++e) ft[e * ncol + 2] = mk[e];
-        standardised_log(p.n_edges, [&](int64_t e) { return sc[e] * mk[e] + 1e-12f; }, ft + 3, ncol);
-      }
-    };
-    const int64_t nt = std::max<int64_t>(1, std::min(n_threads, n_models));
-    std::vector<std::thread> pool;
-    try {
-      for (int64_t t = 1; t < nt; ++t) pool.emplace_back(work, t, nt);
-    } catch (const std::exception&) {  // no more threads: join the started ones, then give up
-      for (auto& th : pool) th.join();
-      return -2;
+  return over_models(n_models, plan, plan_off, n_threads, [&](const ModelPlan& p, int64_t m) {
+    Model md(p, x, B, F, edge_values, node_values, eps[m]);
+    float* s0 = sal0 + p.edge_off;
+    if (!md.pass(nullptr, true, s0)) return false;
+    const float* w = edge_values + p.edge_off;
+    const int64_t ncol = rounds ? 4 : 2;
+    float* ft = features + p.edge_off * ncol;
+    // the calibration features (hubedit/graph/calibration.py): standardised log |w| and log saliency
+    standardised_log(p.n_edges, [&](int64_t e) { return fabsf(w[e]) + 1e-8f; }, ft, ncol);
+    standardised_log(p.n_edges, [&](int64_t e) { return s0[e] + 1e-12f; }, ft + 1, ncol);
+    if (rounds == 0) return true;
+    float* mk = mask + p.edge_off;
+    float* sc = score + p.edge_off;
+    std::vector<int64_t> order;
+    std::vector<float> key(p.n_edges);
+    std::fill(mk, mk + p.n_edges, 1.f);
+    memcpy(sc, s0, sizeof(float) * p.n_edges);
+    for (int64_t r = 0; r < rounds; ++r) {
+      for (int64_t e = 0; e < p.n_edges; ++e) key[e] = mk[e] > 0.f ? sc[e] : -1.f;  // pruned stay pruned
+      top_k_mask(key.data(), p.n_edges, k[m * rounds + r], mk, order);
+      if (!md.pass(mk, false, sc)) return false;
     }
-    work(0, nt);
-    for (auto& th : pool) th.join();
-    for (int s : status)
-      if (s) return s;
-    return 0;
-  } catch (const std::exception&) {
-    return -2;
-  }
+    // and the last round's mask and standardised log saliency of the kept weights
+    for (int64_t e = 0; e < p.n_edges; ++e) ft[e * ncol + 2] = mk[e];
+    standardised_log(p.n_edges, [&](int64_t e) { return sc[e] * mk[e] + 1e-12f; }, ft + 3, ncol);
+    return true;
+  });
 }
 
 }  // extern "C"
